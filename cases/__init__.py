@@ -1,0 +1,1 @@
+"""Ready-to-run experiment cases (TOML), one per published setting; list them with ``enff cases``."""

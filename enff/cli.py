@@ -1,0 +1,134 @@
+"""The ``enff`` command: ``run``, ``score``, ``plot`` and ``cases``.
+
+Exit status: 0 success, 2 invalid input (case, options, files), 3 the run diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+EXIT_INPUT, EXIT_DIVERGED = 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog="enff", description="Ensemble data-assimilation experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a cycling experiment from a case file")
+    run.add_argument("case", nargs="?", help="case TOML file or shipped case name (optional with --resume)")
+    run.add_argument("--filter", dest="filter_name", help="filter to use instead of the case's [filter]")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a case value (TOML syntax; repeatable)")
+    run.add_argument("--out", type=Path, help="output netCDF file (default out/<case>_<filter>.nc)")
+    run.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    run.add_argument("--burn-in", type=int, default=None, help="cycles left out of the printed scores")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    score = sub.add_parser("score", help="time-averaged scores of a run file")
+    score.add_argument("file", type=Path)
+    score.add_argument("--burn-in", type=int, default=0, help="cycles to discard at the start")
+    score.add_argument("--json", action="store_true", help="print one JSON object")
+
+    plot = sub.add_parser("plot", help="PNG figures of a run file")
+    plot.add_argument("file", type=Path)
+    plot.add_argument("--outdir", type=Path, default=None, help="folder for the PNGs (default: beside the file)")
+
+    sub.add_parser("cases", help="list the shipped cases")
+    return parser
+
+
+def _fail(message: str, status: int = EXIT_INPUT) -> int:
+    print(f"enff: error: {message}", file=sys.stderr)
+    return status
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from enff.casefile import CaseError, load_case, parse_case
+    from enff.cycle import Divergence, run_case
+    from enff.runfile import RunFile
+    from enff.summary import format_table, summarize
+
+    try:
+        if args.case is None:
+            if not (args.resume and args.out):
+                return _fail("run needs a CASE (or --resume with --out FILE)")
+            if not args.out.is_file():
+                return _fail(f"{args.out}: cannot resume, no such run file")
+            writer, point = RunFile.reopen(args.out)
+            writer.close()
+            case = parse_case(point.attrs["case"], f"{args.out} (stored case)")
+        else:
+            case = load_case(args.case, overrides=args.overrides, filter_name=args.filter_name)
+    except (CaseError, ValueError) as err:
+        return _fail(str(err))
+    out = args.out
+    if out is None:
+        out = Path("out") / f"{Path(case.source).stem}_{case.filter['name']}.nc"
+    try:
+        summary = run_case(case, out, resume=args.resume, overwrite=args.overwrite,
+                           progress=False if args.quiet else None)
+    except Divergence as err:
+        print(f"enff: {err}; the {err.cycle - 1} good cycles before it are in {out}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        return _fail(str(err))
+    burn_in = args.burn_in if args.burn_in is not None else summary.cycles_done // 10
+    print(f"wrote {summary.path} ({summary.cycles_done} cycles); scores after a burn-in of {burn_in} cycles:")
+    print(format_table(summarize(summary.path, burn_in=burn_in)))
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from enff.summary import format_table, summarize
+
+    if not args.file.is_file():
+        return _fail(f"{args.file}: no such file")
+    try:
+        result = summarize(args.file, burn_in=args.burn_in)
+    except (ValueError, KeyError, OSError) as err:
+        return _fail(f"{args.file}: {err}")
+    if args.json:
+        print(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in result.items()}))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from enff.plots import plot_run
+
+    if not args.file.is_file():
+        return _fail(f"{args.file}: no such file")
+    try:
+        paths = plot_run(args.file, args.outdir)
+    except (ValueError, KeyError, OSError) as err:
+        return _fail(f"{args.file}: {err}")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_cases(args: argparse.Namespace) -> int:
+    from enff.casefile import shipped_cases
+
+    for name, path in sorted(shipped_cases().items()):
+        print(f"{name:<22} {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``enff`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler = {"run": _cmd_run, "score": _cmd_score, "plot": _cmd_plot, "cases": _cmd_cases}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The cycle runner and its run file: layout, divergence, and exact kill-and-resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import netCDF4
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from enff.casefile import parse_case
+from enff.cli import main
+from enff.cycle import Divergence, run_case
+from enff.filters import FILTERS, Filter, register
+from enff.runfile import open_run
+
+if "test-nan-at-cycle-3" not in FILTERS:
+
+    @register("test-nan-at-cycle-3")
+    @dataclass(frozen=True)
+    class _NanAtThirdCycle(Filter):
+        """Counts calls and returns NaN on the third (a deliberately diverging filter for tests)."""
+
+        calls: list = None  # type: ignore[assignment]
+
+        def analysis(self, forecast, y, obs, *, previous=None, generator, diagnostics=None):
+            _NanAtThirdCycle.count = getattr(_NanAtThirdCycle, "count", 0) + 1
+            return forecast * float("nan") if _NanAtThirdCycle.count == 3 else forecast.clone()
+
+
+def test_run_file_layout(tmp_path, small_case_text):
+    case = parse_case(small_case_text)
+    out = tmp_path / "run.nc"
+    summary = run_case(case, out, progress=False)
+    assert summary.cycles_done == 12
+    with netCDF4.Dataset(out) as raw:
+        assert raw.data_model == "NETCDF3_64BIT_OFFSET"
+        assert raw.dimensions["time"].isunlimited()
+    ds = open_run(out)
+    assert ds.sizes["time"] == 12 and ds.sizes["member"] == 10 and ds.sizes["x"] == 40
+    assert ds["member"].attrs["standard_name"] == "realization"
+    assert ds.attrs["Conventions"].startswith("CF-")
+    for name in ("case", "enff_version", "seed", "device", "dtype", "threads"):
+        assert name in ds.attrs
+    assert parse_case(ds.attrs["case"]).tables == case.tables  # the file alone reproduces the run
+    assert ds["truth"].dims == ("time", "x")
+    assert ds["analysis"].dims == ("time", "member", "x")
+    assert ds["observation"].dims == ("time", "obs") and "obs_x" in ds["observation"].coords
+    for name in ("forecast_mean", "forecast_spread", "analysis_mean", "analysis_spread"):
+        assert ds[name].dims == ("time", "x") and ds[name].attrs["long_name"]
+    for name in ("rmse_forecast", "rmse_analysis", "spread_analysis", "crps_analysis", "analysis_seconds"):
+        assert ds[name].dims == ("time",) and np.isfinite(ds[name]).all()
+    np.testing.assert_allclose(ds["analysis_mean"], ds["analysis"].mean("member"), rtol=1e-12)
+    np.testing.assert_allclose(ds["time"], 0.05 * np.arange(1, 13))
+    # the observation is the truth plus noise of the stated std (identity operator)
+    resid = (ds["observation"].values - ds["truth"].values).ravel()
+    assert 0.7 < resid.std() < 1.3
+
+
+def test_divergence_stops_with_status_3_keeping_good_cycles(tmp_path, small_case_text, capsys):
+    case_file = tmp_path / "nan.toml"
+    case_file.write_text(small_case_text.replace('name = "none"', 'name = "test-nan-at-cycle-3"'))
+    out = tmp_path / "nan.nc"
+    FILTERS["test-nan-at-cycle-3"].count = 0
+    assert main(["run", str(case_file), "--out", str(out), "--quiet"]) == 3
+    assert "cycle 3" in capsys.readouterr().err
+    assert open_run(out).sizes["time"] == 2
+    FILTERS["test-nan-at-cycle-3"].count = 0
+    with pytest.raises(Divergence):
+        run_case(parse_case(case_file.read_text()), tmp_path / "again.nc", progress=False)
+
+
+def test_existing_output_is_not_overwritten_silently(tmp_path, small_case_text):
+    out = tmp_path / "run.nc"
+    out.write_text("precious")
+    with pytest.raises(FileExistsError):
+        run_case(parse_case(small_case_text), out, progress=False)
+    assert out.read_text() == "precious"
+
+
+def _compare_runs(a, b):
+    a, b = open_run(a), open_run(b)
+    assert a.sizes == b.sizes
+    for name in a.data_vars:
+        if name != "analysis_seconds":
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def _stochastic_filter():
+    return "enkf" if "enkf" in FILTERS else "none"
+
+
+def test_resume_after_a_clean_stop_equals_an_uninterrupted_run(tmp_path, small_case_text):
+    text = small_case_text.replace('name = "none"', f'name = "{_stochastic_filter()}"')
+    full, part = tmp_path / "full.nc", tmp_path / "part.nc"
+    run_case(parse_case(text), full, progress=False)
+    run_case(parse_case(text, overrides=["run.cycles=5"]), part, progress=False)
+    # pretend the run had been asked for 12 cycles: rewrite the stored case, then resume
+    with netCDF4.Dataset(part, "a") as raw:
+        raw.setncattr("case", parse_case(text).to_toml())
+    run_case(parse_case(text), part, resume=True, progress=False)
+    _compare_runs(full, part)
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, small_case_text):
+    text = small_case_text.replace('name = "none"', f'name = "{_stochastic_filter()}"').replace(
+        "cycles = 12", "cycles = 400")
+    case_file = tmp_path / "kill.toml"
+    case_file.write_text(text)
+    killed, full = tmp_path / "killed.nc", tmp_path / "full.nc"
+    cmd = [sys.executable, "-m", "enff.cli", "run", str(case_file), "--out", str(killed), "--quiet"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+        if killed.exists():
+            try:
+                with netCDF4.Dataset(killed) as raw:
+                    done = int((np.asarray(raw["cycle_complete"][:]) == 1).sum())
+            except (OSError, IndexError, KeyError, RuntimeError):
+                continue
+            if done >= 30:
+                break
+    assert child.poll() is None, f"child ended before it could be killed: {child.stderr.read().decode()}"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    survived = open_run(killed).sizes["time"]
+    assert 30 <= survived < 400
+    status = subprocess.run([sys.executable, "-m", "enff.cli", "run", str(case_file), "--out", str(killed),
+                             "--resume", "--quiet"], capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    run_case(parse_case(text), full, progress=False)
+    _compare_runs(full, killed)
+
+
+def test_score_and_plot_commands(tmp_path, small_case_file, capsys):
+    import json
+
+    out = tmp_path / "run.nc"
+    assert main(["run", str(small_case_file), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["score", str(out), "--burn-in", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("rmse", "spread", "crps", "spread_rmse_ratio", "analysis_seconds", "cycles"):
+        assert key in result
+    assert result["cycles"] == 10
+    ds = open_run(out).isel(time=slice(2, None))
+    assert result["rmse"] == pytest.approx(float(ds["rmse_analysis"].mean()))
+    assert main(["plot", str(out), "--outdir", str(tmp_path / "png")]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert pngs == ["run_hovmoller.png", "run_rank_histogram.png", "run_scores.png"]
+    assert main(["score", str(tmp_path / "missing.nc")]) == 2
