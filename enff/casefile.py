@@ -257,8 +257,14 @@ def _validate(where: str, tables: dict[str, Any]) -> None:
     source = obs_cfg.get("source", "synthetic")
     if source not in ("synthetic", "file"):
         raise CaseError(f"{where}: observations.source must be 'synthetic' or 'file', got {source!r}")
-    if source == "file" and not Path(str(obs_cfg.get("file", ""))).is_file():
-        raise CaseError(f"{where}: observations.file {obs_cfg.get('file')!r} does not exist")
+    if source == "file":
+        extra = sorted(set(obs_cfg) - {"source", "file", "every"})
+        if extra:
+            raise CaseError(f"{where}: observations.{extra[0]} is read from the observation file; remove it")
+        if not Path(str(obs_cfg.get("file", ""))).is_file():
+            raise CaseError(f"{where}: observations.file {obs_cfg.get('file')!r} does not exist")
+        if tables["ensemble"].get("initial_mean") == "truth":
+            raise CaseError(f"{where}: ensemble.initial_mean cannot be 'truth' with real observations; use 'zero'")
     if source == "synthetic":
         try:
             operator = operator_from_config(obs_cfg, model.state_shape)
@@ -342,6 +348,9 @@ def parse_case(
         tables["filter"] = chosen
     for assignment in overrides:
         apply_override(tables, assignment, where)
+    obs = tables.get("observations")
+    if isinstance(obs, dict) and isinstance(obs.get("file"), str) and Path(where).is_file():
+        obs["file"] = str((Path(where).parent / obs["file"]).resolve())  # relative to the case file
     _validate(where, tables)
     return Case(source=where, tables=tables)
 

@@ -55,9 +55,9 @@ class Experiment:
     """A case made concrete: model, observation space, error model and filter on one device."""
 
     def __init__(self, case: Case) -> None:
-        from enff.observations import ObservationSpace
         from enff.observations.config import operator_from_config
         from enff.observations.error import GaussianError
+        from enff.observations.sources import NetCDFObservations, SyntheticObservations
 
         self.case = case
         run = case.run
@@ -67,17 +67,23 @@ class Experiment:
         self.filter = case.build_filter()
         obs_cfg = case.observations
         self.every = int(obs_cfg["every"])
-        operator = operator_from_config(obs_cfg, self.model.state_shape)
-        self.error = GaussianError(obs_cfg["std"])
-        n_obs = operator.output_size(self.model.state_shape)
-        std = self.error.std_vector(n_obs, dtype=self.dtype, device=self.device)
-        self.space = ObservationSpace(operator, std, self.model.grid, self.model.state_shape)
+        self.source: SyntheticObservations | NetCDFObservations
+        if obs_cfg.get("source", "synthetic") == "file":
+            self.source = NetCDFObservations(obs_cfg["file"], self.model.state_shape)
+        else:
+            operator = operator_from_config(obs_cfg, self.model.state_shape)
+            self.source = SyntheticObservations(operator, GaussianError(obs_cfg["std"]), self.model.state_shape)
+        #: Twin experiments know the truth; real observations do not.
+        self.has_truth = isinstance(self.source, SyntheticObservations)
+        self.space = self.source.space(self.model.grid, dtype=self.dtype, device=self.device)
         ens = case.ensemble
         self.n_members = int(ens["size"])
         self.initial_mean = ens.get("initial_mean", "truth")
         self.initial_std = float(ens.get("initial_std", 1.0))
         self.seed = int(run["seed"])
         self.cycles = int(run["cycles"])
+        if not self.has_truth and self.cycles > self.source.n_times:
+            raise ValueError(f"run.cycles is {self.cycles} but {obs_cfg['file']} holds {self.source.n_times} observation times")
         self.spinup = int(run["spinup"])
         d = int(np.prod(self.model.state_shape))
         save = run["save_analysis"]
@@ -87,16 +93,19 @@ class Experiment:
     def generator(self, stream: int, cycle: int = 0) -> torch.Generator:
         return seeded_generator(self.seed, stream, cycle, self.device)
 
-    def initial_condition(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Truth after the spin-up ``(*state)`` and the initial ensemble ``(member, *state)``."""
-        truth = self.model.initial_state(self.generator(_TRUTH_STREAM), 1, dtype=self.dtype, device=self.device)
-        if self.spinup:
-            truth = self.model.step(truth, self.spinup)
+    def initial_condition(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Truth after the spin-up ``(*state)`` (``None`` for real observations) and the initial
+        ensemble ``(member, *state)``."""
+        truth = None
+        if self.has_truth:
+            truth = self.model.initial_state(self.generator(_TRUTH_STREAM), 1, dtype=self.dtype, device=self.device)
+            if self.spinup:
+                truth = self.model.step(truth, self.spinup)
         gen = self.generator(_ENSEMBLE_STREAM)
         noise = torch.randn((self.n_members, *self.model.state_shape), generator=gen, dtype=self.dtype,
                             device=self.device)
-        centre = truth if self.initial_mean == "truth" else torch.zeros_like(truth)
-        return truth[0], centre + self.initial_std * noise
+        centre = truth if self.initial_mean == "truth" and truth is not None else 0.0
+        return (None if truth is None else truth[0]), centre + self.initial_std * noise
 
     def attributes(self) -> dict[str, Any]:
         """Global attributes that make the file alone enough to reproduce the run."""
@@ -126,21 +135,26 @@ class Experiment:
             obs_index=self.space.state_index,
             obs_locations=self.space.locations,
             dtype=np.dtype("float64" if self.dtype == torch.float64 else "float32"),
-            has_truth=True,
+            has_truth=self.has_truth,
             save_analysis=self.save_analysis,
             save_forecast=self.save_forecast,
             diagnostic_names=self.filter.diagnostic_names,
             attrs=self.attributes(),
         )
 
-    def cycle(self, k: int, truth: torch.Tensor, ensemble: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, CycleRecord, dict[str, float]]:
-        """Run cycle ``k`` (1-based) from the previous truth ``(*state)`` and analysis ``(member, *state)``."""
+    def cycle(self, k: int, truth: torch.Tensor | None, ensemble: torch.Tensor
+              ) -> tuple[torch.Tensor | None, torch.Tensor, CycleRecord, dict[str, float]]:
+        """Run cycle ``k`` (1-based) from the previous truth ``(*state)`` (``None`` for real observations)
+        and analysis ``(member, *state)``; returns the new truth and analysis, the record and diagnostics."""
         gen = self.generator(_CYCLE_STREAM, k)
-        truth = self.model.step(truth[None], self.every)[0]
         forecast = self.model.step(ensemble, self.every)
         if not bool(torch.isfinite(forecast).all()):
             raise Divergence(k, "forecast")
-        y = self.error.perturb(self.space.h(truth[None])[0], gen)
+        if truth is not None:
+            truth = self.model.step(truth[None], self.every)[0]
+            y = self.source.observe(truth, gen)
+        else:
+            y = self.source.observation(k - 1, dtype=self.dtype, device=self.device)
         diagnostics: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -155,32 +169,34 @@ class Experiment:
         record = self.record(k, truth, y, forecast, analysis, seconds)
         return truth, analysis, record, diagnostics
 
-    def record(self, k: int, truth: torch.Tensor, y: torch.Tensor, forecast: torch.Tensor,
+    def record(self, k: int, truth: torch.Tensor | None, y: torch.Tensor, forecast: torch.Tensor,
                analysis: torch.Tensor, seconds: float) -> CycleRecord:
+        """Scores and ensemble statistics of cycle ``k`` as numpy arrays for the run file."""
+
         def cpu(t: torch.Tensor) -> np.ndarray:
             return t.detach().cpu().numpy()
 
-        values = {
-            "rmse_forecast": scores.rmse(forecast, truth),
-            "rmse_analysis": scores.rmse(analysis, truth),
-            "spread_forecast": scores.spread(forecast),
-            "spread_analysis": scores.spread(analysis),
-            "crps_forecast": scores.crps_fair(forecast, truth),
-            "crps_analysis": scores.crps_fair(analysis, truth),
-            "energy_score_analysis": scores.energy_score_fair(analysis, truth),
-        }
+        values = {"spread_forecast": scores.spread(forecast), "spread_analysis": scores.spread(analysis)}
+        if truth is not None:
+            values.update({
+                "rmse_forecast": scores.rmse(forecast, truth),
+                "rmse_analysis": scores.rmse(analysis, truth),
+                "crps_forecast": scores.crps_fair(forecast, truth),
+                "crps_analysis": scores.crps_fair(analysis, truth),
+                "energy_score_analysis": scores.energy_score_fair(analysis, truth),
+            })
         scalars = {name: float(v) for name, v in values.items()}
         scalars["analysis_seconds"] = seconds
         return CycleRecord(
             time=k * self.every * self.model.dt,
-            truth=cpu(truth),
+            truth=None if truth is None else cpu(truth),
             observation=cpu(y),
             forecast_mean=cpu(forecast.mean(0)),
             forecast_spread=cpu(forecast.std(0)),
             analysis_mean=cpu(analysis.mean(0)),
             analysis_spread=cpu(analysis.std(0)),
             scalars=scalars,
-            rank_counts=cpu(scores.rank_counts(analysis, truth)),
+            rank_counts=None if truth is None else cpu(scores.rank_counts(analysis, truth)),
             analysis=cpu(analysis) if self.save_analysis else None,
             forecast=cpu(forecast) if self.save_forecast else None,
         )
@@ -222,7 +238,7 @@ def run_case(
             writer.close()
             raise ValueError(f"{out}: the file was written by a different case; resume with the case stored in it")
         cycles_done = point.cycles_done
-        truth = torch.as_tensor(point.truth, device=exp.device, dtype=exp.dtype)
+        truth = None if point.truth is None else torch.as_tensor(point.truth, device=exp.device, dtype=exp.dtype)
         ensemble = torch.as_tensor(point.analysis, device=exp.device, dtype=exp.dtype)
     else:
         if out.exists() and not overwrite:
@@ -230,7 +246,7 @@ def run_case(
         out.parent.mkdir(parents=True, exist_ok=True)
         truth, ensemble = exp.initial_condition()
         writer = exp.create_file(out)
-        writer.write_restart(0, truth.cpu().numpy(), ensemble.cpu().numpy())
+        writer.write_restart(0, None if truth is None else truth.cpu().numpy(), ensemble.cpu().numpy())
         cycles_done = 0
     bar = tqdm(total=exp.cycles, initial=cycles_done, desc=f"{exp.filter.name}", unit="cycle",
                disable=None if progress is None else not progress)
@@ -242,7 +258,8 @@ def run_case(
             writer.write_cycle(k - 1, record, diagnostics)
             last = record.scalars
             cycles_done = k
-            bar.set_postfix(rmse=f"{last['rmse_analysis']:.4g}", spread=f"{last['spread_analysis']:.4g}", refresh=False)
+            bar.set_postfix(rmse=f"{last.get('rmse_analysis', float('nan')):.4g}",
+                            spread=f"{last['spread_analysis']:.4g}", refresh=False)
             bar.update(1)
     finally:
         bar.close()

@@ -10,22 +10,12 @@ import torch
 from enff.models.base import Grid
 
 from .base import ObservationOperator
+from .operators import Indices
 
 __all__ = ["ObservationSpace", "Select"]
 
-
-@dataclass(frozen=True)
-class Select(ObservationOperator):
-    """Keep the entries ``index`` of the flattened input (used to drop missing observations)."""
-
-    index: np.ndarray
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(x.shape[0], -1)
-        return flat[:, torch.as_tensor(self.index, device=x.device)]
-
-    def source_index(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.asarray(self.index, dtype=np.int64)
+#: Keep the given flat entries (the selection used to drop missing observations).
+Select = Indices
 
 
 @dataclass(frozen=True)
@@ -88,7 +78,7 @@ class ObservationSpace:
         if bool(valid.all()):
             return y, self
         index = torch.nonzero(valid).squeeze(-1).cpu().numpy()
-        return y[valid], replace(self, operator=self.operator | Select(index), std=self.std[valid])
+        return y[valid], replace(self, operator=self.operator | Indices(index), std=self.std[valid])
 
     def neg_log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``E(x) = |y - h(x)|^2 / (2 s^2)`` summed over finite observations; shape ``(member,)``."""

@@ -156,3 +156,30 @@ def test_score_and_plot_commands(tmp_path, small_case_file, capsys):
     pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
     assert pngs == ["run_hovmoller.png", "run_rank_histogram.png", "run_scores.png"]
     assert main(["score", str(tmp_path / "missing.nc")]) == 2
+
+
+def test_real_observations_from_a_file_with_missing_values(tmp_path, small_case_text):
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(6, 20))
+    values[rng.random(values.shape) < 0.3] = np.nan  # missing entries
+    obs_file = tmp_path / "obs.nc"
+    xr.Dataset(
+        {"observation": (("time", "obs"), values, {"std": 1.0}), "obs_index": ("obs", np.arange(0, 40, 2))}
+    ).to_netcdf(obs_file)
+    text = small_case_text.replace('operator = "identity"\nevery = 1\nstd = 1.0',
+                                   'source = "file"\nfile = "obs.nc"\nevery = 1')
+    text = text.replace('initial_mean = "truth"', 'initial_mean = "zero"').replace("cycles = 12", "cycles = 6")
+    text = text.replace('name = "none"', f'name = "{_stochastic_filter()}"')
+    case_file = tmp_path / "real.toml"
+    case_file.write_text(text)
+    out = tmp_path / "real.nc"
+    assert main(["run", str(case_file), "--out", str(out), "--quiet"]) == 0
+    ds = open_run(out)
+    assert "truth" not in ds and "rmse_analysis" not in ds
+    assert ds.sizes["time"] == 6 and np.isfinite(ds["analysis"]).all()
+    np.testing.assert_array_equal(np.isnan(ds["observation"].values), np.isnan(values))
+    # asking for more cycles than the file holds is refused before any work
+    bad = tmp_path / "too_long.toml"
+    bad.write_text(text.replace("cycles = 6", "cycles = 7"))
+    assert main(["run", str(bad), "--out", str(tmp_path / "x.nc"), "--quiet"]) == 2
+    assert not (tmp_path / "x.nc").exists()

@@ -1,0 +1,171 @@
+"""C2ST of FMPE on sbibm tasks against the reference posteriors, side by side with the `sbi` package.
+
+For each task and simulation budget: train our FMPE and (if installed) `sbi`'s FMPE on the same
+simulations, draw samples for the ten sbibm observations, and score them with C2ST against the
+reference samples. Then, for two moons at the largest budget, compare sampling solvers (fixed-step
+RK4 with few steps, adaptive Dormand-Prince at loose and tight tolerance) by C2ST, vector-field
+evaluations, time and distance to a tight-tolerance solution from the same base noise.
+
+Writes ``benchmarks/results/amortized_sbibm.json`` and ``.md``. Usage:
+``python benchmarks/amortized_sbibm.py [--budgets 1000 10000] [--n-samples 2000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from enff.amortized import FMPE, NetworkConfig, SolverConfig, TrainingConfig, c2st
+from enff.amortized.ode import integrate
+from enff.amortized.tasks import load_reference, sbibm_task
+
+RESULTS = Path(__file__).parent / "results"
+SBIBM_NPE = {"two_moons": {1000: 0.72, 10000: 0.61}, "gaussian_linear": {1000: 0.61, 10000: 0.55}}
+
+
+def ours(prior, theta, x, seed):
+    small = theta.shape[0] <= 2000
+    est = FMPE(prior, network=NetworkConfig(hidden_features=(128,) * 5),
+               training=TrainingConfig(batch_size=32 if small else 128, patience=50, max_epochs=2000, progress=False),
+               time_prior_exponent=0.0, seed=seed)
+    start = time.perf_counter()
+    post = est.fit(theta, x)
+    seconds = time.perf_counter() - start
+
+    def sample(n, x_obs, gen):
+        return post.sample(n, x_obs, generator=gen)[:, 0]
+
+    return post, seconds, sample
+
+
+def sbi_fmpe(prior, theta, x, seed):
+    from sbi.inference import FMPE as SbiFMPE
+
+    torch.manual_seed(seed)  # sbi draws from the global generator; only this baseline touches it
+    inference = SbiFMPE(prior=prior, show_progress_bars=False)
+    start = time.perf_counter()
+    inference.append_simulations(theta, x).train()
+    seconds = time.perf_counter() - start
+    post = inference.build_posterior()
+
+    def sample(n, x_obs, gen):
+        return post.sample((n,), x=x_obs, show_progress_bars=False)
+
+    return post, seconds, sample
+
+
+def run_task(name, budgets, n_samples, methods):
+    task = sbibm_task(name)
+    refs = [load_reference(name, i) for i in range(1, 11)]
+    rows = []
+    for budget in budgets:
+        gen = torch.Generator().manual_seed(budget)
+        theta, x = task.simulations(budget, gen)
+        for method, fit in methods.items():
+            post, train_s, sample = fit(task.prior, theta, x, 0)
+            scores, sample_s = [], 0.0
+            for i, ref in enumerate(refs):
+                start = time.perf_counter()
+                s = sample(n_samples, ref.observation, torch.Generator().manual_seed(100 + i))
+                sample_s += time.perf_counter() - start
+                scores.append(c2st(s, ref.samples[:n_samples]))
+            row = {"task": name, "budget": budget, "method": method, "c2st_mean": sum(scores) / len(scores),
+                   "c2st": scores, "train_s": train_s, "sample_s_per_obs": sample_s / len(refs),
+                   "sbibm_npe_c2st": SBIBM_NPE[name].get(budget)}
+            print(json.dumps({k: v for k, v in row.items() if k != "c2st"}), flush=True)
+            rows.append(row)
+            if method == "enff" and budget == max(budgets) and name == "two_moons":
+                solver_rows = solver_study(post, refs, n_samples)
+    return rows, (solver_rows if name == "two_moons" else [])
+
+
+def solver_study(post, refs, n_samples):
+    """Accuracy versus cost of the sampling solvers, from identical base noise."""
+    tight = SolverConfig(method="dopri5", rtol=1e-7, atol=1e-7)
+    settings = [SolverConfig(method="rk4", n_steps=k) for k in (2, 5, 10, 25, 50)] + \
+               [SolverConfig(method="dopri5", rtol=tol, atol=tol) for tol in (1e-2, 1e-3, 1e-5)]
+    rows = []
+    for solver in settings:
+        scores, errs, evals, seconds = [], [], 0, 0.0
+        for i, ref in enumerate(refs[:5]):
+            gen = torch.Generator().manual_seed(7 + i)
+            z0 = torch.randn((n_samples, post.theta_dim), generator=gen)
+            with torch.no_grad():
+                e = post.flow.embed(post.x_scaler.forward(ref.observation)).expand(n_samples, -1)
+                start = time.perf_counter()
+                res = integrate(post._field(e), z0, 0.0, 1.0, solver)
+                seconds += time.perf_counter() - start
+                exact = integrate(post._field(e), z0, 0.0, 1.0, tight).state
+            evals += res.n_evals
+            theta = post.theta_scaler.inverse(res.state)
+            errs.append(float((theta - post.theta_scaler.inverse(exact)).norm(dim=1).mean()))
+            scores.append(c2st(theta, ref.samples[:n_samples]))
+        row = {"solver": solver.method, "n_steps": solver.n_steps if solver.method == "rk4" else None,
+               "tol": solver.rtol if solver.method == "dopri5" else None, "c2st_mean_5obs": sum(scores) / 5,
+               "mean_distance_to_tight": sum(errs) / 5, "evals_per_sample": evals / 5,
+               "seconds_per_obs": seconds / 5}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows, solver_rows, meta):
+    lines = [f"# FMPE on sbibm tasks ({meta['machine']})", "",
+             f"C2ST (0.5 is best) against sbibm reference posteriors, mean over the 10 observations, "
+             f"{meta['n_samples']} samples per side (sbibm used 10,000); torch threads: {meta['threads']}; "
+             "times in seconds on a shared machine. `sbibm NPE` is the best classic NPE value of the sbibm paper "
+             "(Lueckmann et al. 2021, read from its figure).", "",
+             "| task | simulations | method | C2ST | sbibm NPE | training s | sampling s / obs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['budget']} | {r['method']} | {r['c2st_mean']:.3f} | "
+                     f"{r['sbibm_npe_c2st'] or '-'} | {r['train_s']:.0f} | {r['sample_s_per_obs']:.2f} |")
+    if solver_rows:
+        lines += ["", f"## Sampling solvers (two moons, largest budget, enff FMPE, {meta['n_samples']} samples, "
+                  "5 observations)", "",
+                  "Distance: mean Euclidean distance of each sample to the dopri5 rtol=atol=1e-7 solution from the "
+                  "same base noise (parameter units). S: vector-field evaluations per sample.", "",
+                  "| solver | steps / tol | S | C2ST | distance | seconds / obs |", "|---|---|---|---|---|---|"]
+        for r in solver_rows:
+            setting = r["n_steps"] if r["solver"] == "rk4" else f"{r['tol']:g}"
+            lines.append(f"| {r['solver']} | {setting} | {r['evals_per_sample']:.0f} | {r['c2st_mean_5obs']:.3f} | "
+                         f"{r['mean_distance_to_tight']:.2e} | {r['seconds_per_obs']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["two_moons", "gaussian_linear"])
+    parser.add_argument("--budgets", nargs="+", type=int, default=[1000, 10000])
+    parser.add_argument("--n-samples", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-sbi", action="store_true", help="skip the sbi package baseline")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = {"enff": ours}
+    if not args.no_sbi:
+        try:
+            import sbi  # noqa: F401
+            methods["sbi"] = sbi_fmpe
+        except ImportError:
+            print("sbi not installed: skipping the sbi baseline")
+    rows, solver_rows = [], []
+    for name in args.tasks:
+        task_rows, task_solver_rows = run_task(name, args.budgets, args.n_samples, methods)
+        rows += task_rows
+        solver_rows += task_solver_rows
+    meta = {"machine": f"{platform.processor() or platform.machine()}, 2 shared cores, no GPU",
+            "threads": torch.get_num_threads(), "n_samples": args.n_samples, "torch": torch.__version__}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "amortized_sbibm.json").write_text(json.dumps({"meta": meta, "rows": rows, "solvers": solver_rows},
+                                                             indent=1))
+    (RESULTS / "amortized_sbibm.md").write_text(markdown(rows, solver_rows, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Time per analysis of the classical filters, side by side in one run.
+
+N = 20 members, every state component observed (identity, unit error std), random forecast
+ensembles of the right shape: Lorenz-96-like rings of d = 40 ... 1,000,000 points (periodic length d,
+unit spacing) and a 256 x 256 doubly periodic grid on [0, 2)^2 (Navier-Stokes-like). Each case runs
+in its own subprocess so its peak resident memory (``ru_maxrss``) is its own; the first call (which
+also builds the LETKF neighbour lists) is timed separately from the median of the repeated calls.
+
+Usage::
+
+    python benchmarks/classical_speed.py [--threads 1] [--device cpu] [--max-d 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+MEMBERS = 20
+RING_SIZES = (40, 400, 4_000, 40_000, 1_000_000)
+#: LETKF / localized-EnKF Gaspari-Cohn half-width in grid spacings (support twice that).
+RING_RADIUS = 4.0
+GRID_RADIUS_CELLS = 2.0
+#: Dense covariance tapers need n_state * n_obs numbers: localized EnKF only up to this size.
+LOCALIZED_ENKF_MAX_D = 4_000
+
+
+def cases(max_d: int) -> list[dict[str, Any]]:
+    """Every (filter, geometry) pair of the benchmark."""
+    out = []
+    for d in (d for d in RING_SIZES if d <= max_d):
+        out += [
+            {"filter": "etkf", "hyper": {}, "grid": "ring", "d": d},
+            {"filter": "enkf", "hyper": {}, "grid": "ring", "d": d},
+            {"filter": "letkf", "hyper": {"radius": RING_RADIUS}, "grid": "ring", "d": d},
+            {"filter": "bpf", "hyper": {"jitter": 0.1}, "grid": "ring", "d": d},
+        ]
+        if d <= LOCALIZED_ENKF_MAX_D:
+            out.append({"filter": "enkf", "hyper": {"radius": RING_RADIUS}, "grid": "ring", "d": d})
+    out.append({"filter": "letkf", "hyper": {"radius": GRID_RADIUS_CELLS * 2.0 / 256}, "grid": "256x256", "d": 256 * 256})
+    return out
+
+
+def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: float = 2.0) -> dict[str, Any]:
+    """Time one case in this process."""
+    from enff.filters import get_filter
+    from enff.models.base import Grid
+    from enff.observations.operators import Identity
+    from enff.observations.space import ObservationSpace
+
+    if case["grid"] == "ring":
+        grid = Grid((np.arange(case["d"], dtype=np.float64),), (float(case["d"]),))
+    else:
+        axis = np.arange(256) * (2.0 / 256)
+        grid = Grid((axis, axis), (2.0, 2.0))
+    d = case["d"]
+    obs = ObservationSpace(Identity(), torch.ones(d, dtype=dtype, device=device), grid, grid.shape)
+    gen = torch.Generator(device=device).manual_seed(0)
+    truth = torch.randn(grid.shape, generator=gen, dtype=dtype, device=device)
+    forecast = truth + torch.randn((MEMBERS, *grid.shape), generator=gen, dtype=dtype, device=device)
+    y = truth.reshape(-1) + torch.randn(d, generator=gen, dtype=dtype, device=device)
+    filt = get_filter(case["filter"], **case["hyper"])
+
+    def once() -> float:
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        filt.analysis(forecast, y, obs, generator=gen)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    first = once()
+    times = []
+    while len(times) < 3 or (sum(times) < min_seconds and len(times) < 50):
+        times.append(once())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if device != "cpu":
+        peak_device = torch.cuda.max_memory_allocated() / 2**20
+    return {
+        **case,
+        "first_call_s": first,
+        "median_s": statistics.median(times),
+        "repeats": len(times),
+        "peak_rss_mib": peak,
+        **({"peak_device_mib": peak_device} if device != "cpu" else {}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch (intra-op) threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--max-d", type=int, default=max(RING_SIZES))
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON of a single case
+    parser.add_argument("--out", type=Path, default=RESULTS / "classical_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one), args.device, dtype)))
+        return
+    baseline = [sys.executable, "-c", "import resource, enff.filters; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"]
+    rows = []
+    for case in cases(args.max_d):
+        command = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,
+                   "--dtype", args.dtype, "--one", json.dumps(case)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            rows.append({**case, "error": result.stderr.strip().splitlines()[-1]})
+        else:
+            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    setup = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "torch_threads": args.threads,
+        "dtype": args.dtype,
+        "members": MEMBERS,
+        "torch": torch.__version__,
+        "import_peak_rss_mib": float(subprocess.run(baseline, capture_output=True, text=True).stdout),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"setup": setup, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

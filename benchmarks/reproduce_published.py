@@ -1,0 +1,144 @@
+"""Reproduce the published settings with the shipped cases and compare with the published table.
+
+For each setting and filter, runs the shipped case (published hyper-parameters; ``steps`` = S - 1
+velocity evaluations) for one or more seeds through the ordinary cycle runner, then scores the last
+50 analyses as the published table does: RMSE of the mean, fair CRPS, fair energy score and seconds per
+analysis.
+
+    python benchmarks/reproduce_published.py --settings ks1024_atan --filters enff-ot enff-f2p ensf letkf --seeds 0 1 2
+    python benchmarks/reproduce_published.py --all
+
+Writes results/reproduce_published.json and results/reproduce_published.md (rows are merged with an
+earlier result file, so settings can be run in separate sessions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, write_results  # noqa: E402
+
+from enff.casefile import load_case  # noqa: E402
+from enff.cycle import Divergence, run_case  # noqa: E402
+from enff.runfile import open_run  # noqa: E402
+
+PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "enff_paper_results.csv"
+NAMES = {"enff-ot": "EnFF-OT", "enff-f2p": "EnFF-F2P", "ensf": "EnSF", "letkf": "LETKF", "enkf": "EnKF-PO",
+         "etkf": "ESRF", "bpf": "BPF"}
+LAST = 50
+
+
+def published_rows() -> list[dict[str, str]]:
+    if not PUBLISHED.is_file():
+        return []
+    with PUBLISHED.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def published_for(setting: str, filter_name: str, steps: int | None) -> dict[str, str] | None:
+    for row in published_rows():
+        if row["setting"] == setting and row["filter"] == NAMES.get(filter_name):
+            if steps is None or row["euler_steps"] in ("", str(steps)):
+                return row
+    return None
+
+
+def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir: Path) -> dict:
+    case = load_case(setting, filter_name=filter_name, overrides=[f"run.seed={seed}", *overrides])
+    out = workdir / f"{setting}_{filter_name}_{seed}.nc"
+    start = time.perf_counter()
+    row = {"setting": setting, "filter": filter_name, "seed": seed, "hyper": case.filter,
+           "steps": case.filter.get("steps"), "overrides": overrides}
+    try:
+        summary = run_case(case, out, overwrite=True, progress=None)
+    except Divergence as err:
+        row.update(error=str(err))
+        return row
+    ds = open_run(out).isel(time=slice(-LAST, None))
+    row.update(
+        cycles=summary.cycles_done, rmse=float(ds["rmse_analysis"].mean()), crps=float(ds["crps_analysis"].mean()),
+        energy_score=float(ds["energy_score_analysis"].mean()),
+        seconds_per_analysis=float(ds["analysis_seconds"].mean()), wall_seconds=time.perf_counter() - start,
+    )
+    for name in ds.data_vars:
+        if str(name).startswith("diag_"):
+            row[str(name)] = float(ds[name].mean())
+    out.unlink()
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    info = machine()
+    lines = [
+        "# Published settings: ours beside the published results",
+        "",
+        f"Ours: {info.get('cpu_model', info['processor'])}, {info['cpu_count']} cores, torch threads "
+        f"{info['torch_threads']}, device {info['cuda'] or 'cpu'}. Scores are means over the last {LAST} analyses "
+        "(as published), then mean ± std over seeds. S = number of velocity evaluations (published "
+        "'grid points' minus one). Energy score is the fair estimator over the whole state; the published "
+        "'crps' column is that energy score. Published seconds are CPU process time on their GPU machine: "
+        "compare ratios, not absolute times.",
+        "",
+        "| setting | filter | S | seeds | cycles | RMSE ours | RMSE published | CRPS ours | energy score ours | "
+        "energy score published | s/analysis ours | s/analysis published |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["filter"], r.get("steps"), json.dumps(r.get("overrides", []))), []).append(r)
+    for (setting, filt, steps, _), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+        ok = [r for r in group if "error" not in r]
+        pub = published_for(setting, filt, steps) or {}
+
+        def stat(key: str) -> str:
+            vals = [r[key] for r in ok]
+            if not vals:
+                return "diverged"
+            return f"{statistics.mean(vals):.4g}" + (f" ± {statistics.stdev(vals):.2g}" if len(vals) > 1 else "")
+
+        lines.append(
+            f"| {setting} | {filt} | {steps if steps is not None else ''} | {','.join(str(r['seed']) for r in group)} | "
+            f"{ok[0]['cycles'] if ok else ''} | {stat('rmse')} | {pub.get('rmse', '')} | {stat('crps')} | "
+            f"{stat('energy_score')} | {pub.get('energy_score', '')} | {stat('seconds_per_analysis')} | "
+            f"{pub.get('seconds_per_analysis', '')} |")
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        lines += ["", "Diverged runs: " + "; ".join(f"{r['setting']} {r['filter']} seed {r['seed']}: {r['error']}"
+                                                    for r in failed)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=["ks1024_atan"])
+    parser.add_argument("--filters", nargs="+", default=["enff-ot", "enff-f2p", "ensf"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra case override")
+    parser.add_argument("--fresh", action="store_true", help="do not merge with an earlier result file")
+    args = parser.parse_args()
+    previous = RESULTS / "reproduce_published.json"
+    rows: list[dict] = []
+    if previous.is_file() and not args.fresh:
+        rows = json.loads(previous.read_text())["rows"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for setting in args.settings:
+            for filter_name in args.filters:
+                for seed in args.seeds:
+                    key = (setting, filter_name, seed, json.dumps(args.overrides))
+                    rows = [r for r in rows if (r["setting"], r["filter"], r["seed"],
+                                                json.dumps(r.get("overrides", []))) != key]
+                    rows.append(run(setting, filter_name, seed, args.overrides, Path(tmp)))
+                    print(json.dumps(rows[-1]), flush=True)
+                    write_results("reproduce_published", {"rows": rows}, markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
