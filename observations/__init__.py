@@ -1,6 +1,45 @@
 """Observation operators, observation error and observation sources."""
 
 from .base import Compose, Elementwise, ObservationOperator
+from .config import OPERATOR_KEYS, operator_from_config
+from .error import GaussianError
+from .operators import (
+    ELEMENTWISE,
+    ATan,
+    Identity,
+    Indices,
+    Patch,
+    Power,
+    RandomFraction,
+    Selection,
+    Subsample,
+    Tanh,
+    elementwise_operator,
+)
+from .sources import NetCDFObservations, ObservationSource, SyntheticObservations
 from .space import ObservationSpace, Select
 
-__all__ = ["Compose", "Elementwise", "ObservationOperator", "ObservationSpace", "Select"]
+__all__ = [
+    "ELEMENTWISE",
+    "OPERATOR_KEYS",
+    "ATan",
+    "Compose",
+    "Elementwise",
+    "GaussianError",
+    "Identity",
+    "Indices",
+    "NetCDFObservations",
+    "ObservationOperator",
+    "ObservationSource",
+    "ObservationSpace",
+    "Patch",
+    "Power",
+    "RandomFraction",
+    "Select",
+    "Selection",
+    "Subsample",
+    "SyntheticObservations",
+    "Tanh",
+    "elementwise_operator",
+    "operator_from_config",
+]

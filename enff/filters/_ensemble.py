@@ -1,0 +1,180 @@
+"""Pieces shared by the classical ensemble filters: the analysis template and ensemble-space algebra.
+
+Notation (Hunt et al., 2007): ``N`` members, state dimension ``d``, ``p`` observations. The forecast
+anomalies are ``X' = X - mean`` (``(N, d)``); the scaled observation anomalies are
+``S = (h(X) - mean h) / s`` (``(N, p)``, ``s`` the error std) and the scaled innovation is
+``dy = (y - mean h) / s`` (``(p,)``). Every filter works in the ``N``-dimensional ensemble space with
+the precision ``A = (N - 1) I + S diag(w) S^T``, ``w`` the (optional) localization weights of R^-1.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from enff.observations.space import ObservationSpace
+
+from .base import Filter
+from .inflation import check_inflation, check_rtps, multiplicative_inflation, rtps
+
+__all__ = ["EnsembleFilter", "ObservedEnsemble", "ensemble_precision", "observe", "square_root_update"]
+
+
+@dataclass(frozen=True)
+class ObservedEnsemble:
+    """The forecast ensemble seen through the observations, scaled by the error std.
+
+    Attributes
+    ----------
+    anomalies:
+        ``S = (h(x_j) - mean_j h(x_j)) / s``, shape ``(member, n_obs)``, dimensionless.
+    innovation:
+        ``dy = (y - mean_j h(x_j)) / s``, shape ``(n_obs,)``, dimensionless.
+    """
+
+    anomalies: torch.Tensor
+    innovation: torch.Tensor
+
+
+def observe(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace) -> ObservedEnsemble:
+    """Ensemble estimate of ``H`` applied to ``forecast`` (works for nonlinear ``h``).
+
+    Parameters
+    ----------
+    forecast:
+        Ensemble, shape ``(member, *state_shape)``.
+    y:
+        Finite observations, shape ``(n_obs,)``.
+    obs:
+        Observation space without missing entries (after ``obs.observed``).
+    """
+    hx = obs.h(forecast)
+    std = obs.std.to(device=hx.device, dtype=hx.dtype)
+    mean = hx.mean(dim=0)
+    return ObservedEnsemble((hx - mean) / std, (y.to(device=hx.device, dtype=hx.dtype) - mean) / std)
+
+
+def ensemble_precision(anomalies: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``A = (N - 1) I + S^T diag(w) S`` for a batch of local problems.
+
+    Parameters
+    ----------
+    anomalies:
+        Scaled observation anomalies ``S``, shape ``(..., n_obs, member)`` (observations first).
+    weight:
+        Localization weights multiplying R^-1, shape ``(..., n_obs)``, or ``None`` for all ones.
+
+    Returns
+    -------
+    ``A``, shape ``(..., member, member)``.
+    """
+    n = anomalies.shape[-1]
+    weighted = anomalies if weight is None else anomalies * weight.unsqueeze(-1)
+    gram = weighted.transpose(-1, -2) @ anomalies
+    return gram + (n - 1) * torch.eye(n, dtype=gram.dtype, device=gram.device)
+
+
+def square_root_update(
+    anomalies: torch.Tensor,
+    innovation: torch.Tensor,
+    state_anomalies: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ETKF update of the state anomalies with the symmetric square root, for a batch of local problems.
+
+    With ``A = (N - 1) I + S^T diag(w) S = Q diag(lambda) Q^T`` the ensemble weights are
+    ``T = wbar 1^T + sqrt(N - 1) A^{-1/2}`` and ``wbar = A^{-1} S^T diag(w) dy`` (Hunt et al., 2007);
+    analysis member ``k`` is ``mean + sum_j T[j, k] X'[j]``. The symmetric square root keeps the
+    analysis anomalies centred (``A 1 = (N - 1) 1``). ``T`` is applied to ``X'`` through ``Q`` without
+    being formed, so one local problem with a single state element costs ``O(N^2)`` besides the
+    eigen-decomposition.
+
+    Parameters
+    ----------
+    anomalies:
+        ``S``, shape ``(..., n_obs, member)``.
+    innovation:
+        ``dy``, shape ``(..., n_obs)``.
+    state_anomalies:
+        ``X'``, shape ``(..., member, n_state)``.
+    weight:
+        Localization weights of R^-1, shape ``(..., n_obs)``, or ``None``.
+
+    Returns
+    -------
+    ``T^T X'``, shape ``(..., member, n_state)``: the analysis minus the forecast mean.
+    """
+    n = anomalies.shape[-1]
+    eigenvalues, vectors = torch.linalg.eigh(ensemble_precision(anomalies, weight))
+    weighted = innovation if weight is None else innovation * weight
+    projected = (weighted.unsqueeze(-2) @ anomalies) @ vectors  # dy^T diag(w) S Q, (..., 1, member)
+    rotated = vectors.transpose(-1, -2) @ state_anomalies  # Q^T X'
+    mean_increment = (projected / eigenvalues.unsqueeze(-2)) @ rotated  # wbar^T X'
+    scale = ((n - 1) / eigenvalues).sqrt().unsqueeze(-1)
+    return vectors @ (scale * rotated) + mean_increment
+
+
+@dataclass(frozen=True)
+class EnsembleFilter(Filter):
+    """Template of the classical filters: mask, inflate, update, relax.
+
+    Attributes
+    ----------
+    inflation:
+        Multiplicative factor on the forecast anomalies (1 = none).
+    rtps:
+        Relaxation-to-prior-spread factor in [0, 1] (0 = none); the prior is the inflated forecast.
+    """
+
+    inflation: float = 1.0
+    rtps: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_inflation(self.inflation)
+        check_rtps(self.rtps)
+
+    def analysis(
+        self,
+        forecast: torch.Tensor,
+        y: torch.Tensor,
+        obs: ObservationSpace,
+        *,
+        previous: torch.Tensor | None = None,
+        generator: torch.Generator,
+        diagnostics: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        if forecast.ndim < 2 or tuple(forecast.shape[1:]) != tuple(obs.state_shape) or forecast.shape[0] < 2:
+            raise ValueError(
+                f"forecast must have shape (member >= 2, {', '.join(map(str, obs.state_shape))}), "
+                f"got {tuple(forecast.shape)}"
+            )
+        if not forecast.is_floating_point():
+            raise ValueError(f"forecast must be a floating tensor, got {forecast.dtype}")
+        if y.shape != (obs.n_obs,):
+            raise ValueError(f"observation vector y must have shape ({obs.n_obs},), got {tuple(y.shape)}")
+        prior = multiplicative_inflation(forecast, self.inflation)
+        if not bool(torch.isfinite(y).any()):
+            return self._unobserved(prior, diagnostics)
+        y, obs = obs.observed(y)
+        observed = observe(prior, y, obs)
+        members = prior.reshape(prior.shape[0], -1)
+        updated = self._update(members, observed, obs, generator=generator, diagnostics=diagnostics)
+        return rtps(prior, updated.reshape(forecast.shape), self.rtps)
+
+    def _unobserved(self, prior: torch.Tensor, diagnostics: dict[str, float] | None) -> torch.Tensor:
+        """Analysis when every observation is missing: the (inflated) prior itself."""
+        return prior
+
+    @abstractmethod
+    def _update(
+        self,
+        members: torch.Tensor,
+        observed: ObservedEnsemble,
+        obs: ObservationSpace,
+        *,
+        generator: torch.Generator,
+        diagnostics: dict[str, float] | None,
+    ) -> torch.Tensor:
+        """Analysis of the flattened, inflated forecast ``members`` ``(N, d)``; returns ``(N', d)``."""

@@ -1,0 +1,260 @@
+"""Gaspari-Cohn localization on the model's real grid geometry, with cached neighbour structures.
+
+Distances are measured between grid coordinates (``Grid.points()``, observation ``locations``) with
+periodic wrap on periodic axes and in as many dimensions as the grid has, never along the flattened
+index. Neighbour searches use a k-d tree; pair distances come from :meth:`Grid.distance`. The
+results depend only on the grid, the observation locations and the radius, so they are computed
+once per geometry and kept in a small least-recently-used cache (a new observation mask is a new
+geometry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from enff.models.base import Grid
+from enff.observations.space import ObservationSpace
+
+__all__ = [
+    "CovarianceTapers",
+    "LocalObservations",
+    "check_radius",
+    "covariance_tapers",
+    "gaspari_cohn",
+    "local_observations",
+    "taper_pairs",
+]
+
+#: Number of geometries whose neighbour structures are kept.
+CACHE_SIZE = 8
+
+
+def check_radius(radius: float | None, *, required: bool = False, name: str = "radius") -> float:
+    """Validate a Gaspari-Cohn half-width; ``None`` (when not ``required``) and ``inf`` mean no localization.
+
+    Returns the radius as a float (``math.inf`` for no localization); raises ``ValueError`` naming
+    ``name`` if it is missing while ``required``, not a number, or not positive.
+    """
+    if radius is None:
+        if required:
+            raise ValueError(f"{name} is required (Gaspari-Cohn half-width in model length units; inf = global)")
+        return math.inf
+    value = float(radius)
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0 (Gaspari-Cohn half-width in model length units), got {radius!r}")
+    return value
+
+
+def gaspari_cohn(distance: np.ndarray, radius: float) -> np.ndarray:
+    """Gaspari and Cohn (1999, eq. 4.10) fifth-order compactly supported correlation.
+
+    Parameters
+    ----------
+    distance:
+        Non-negative distances, any shape, in model length units.
+    radius:
+        Half-width ``c`` in the same units: the taper is 1 at distance 0, 5/24 at ``c`` and 0 from ``2c`` on.
+
+    Returns
+    -------
+    Taper values in [0, 1], same shape as ``distance`` (float64).
+    """
+    radius = check_radius(radius)
+    z = np.asarray(distance, dtype=np.float64) / radius
+    near = z <= 1.0
+    far = (z > 1.0) & (z < 2.0)
+    out = np.zeros_like(z)
+    zn = z[near]
+    out[near] = (((-0.25 * zn + 0.5) * zn + 0.625) * zn - 5.0 / 3.0) * zn**2 + 1.0
+    zf = z[far]
+    out[far] = ((((zf / 12.0 - 0.5) * zf + 0.625) * zf + 5.0 / 3.0) * zf - 5.0) * zf + 4.0 - 2.0 / (3.0 * zf)
+    return out
+
+
+def _tree(grid: Grid, points: np.ndarray, cutoff: float) -> cKDTree:
+    """k-d tree of ``points`` with a toroidal box on periodic axes and no wrap within ``cutoff`` elsewhere."""
+    coords = np.array(points, dtype=np.float64)
+    box = np.empty(coords.shape[1])
+    for axis, (values, length) in enumerate(zip(grid.axes, grid.lengths)):
+        if length is None:
+            low = float(np.min(values))
+            coords[:, axis] -= low
+            span = float(np.max(values)) - low
+            box[axis] = 2.0 * (span + cutoff) + 1.0
+        else:
+            coords[:, axis] = np.mod(coords[:, axis], length)
+            coords[coords[:, axis] >= length, axis] = 0.0
+            box[axis] = length
+    return cKDTree(coords, boxsize=box)
+
+
+def taper_pairs(grid: Grid, a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs of points of ``a`` and ``b`` with a positive Gaspari-Cohn taper.
+
+    Parameters
+    ----------
+    grid:
+        Geometry (periodic lengths) the points live on.
+    a, b:
+        Point coordinates, shapes ``(n_a, ndim)`` and ``(n_b, ndim)``, in model length units.
+    radius:
+        Gaspari-Cohn half-width (finite).
+
+    Returns
+    -------
+    ``(ia, ib, weight)``: indices into ``a`` and ``b`` and the taper of each pair, each of shape
+    ``(n_pairs,)``, sorted by ``ia`` then ``ib``.
+    """
+    cutoff = 2.0 * radius
+    pairs = _tree(grid, a, cutoff).sparse_distance_matrix(_tree(grid, b, cutoff), cutoff, output_type="ndarray")
+    ia = pairs["i"].astype(np.int64)
+    ib = pairs["j"].astype(np.int64)
+    weight = gaspari_cohn(grid.distance(a[ia], b[ib]), radius)
+    keep = weight > 0
+    ia, ib, weight = ia[keep], ib[keep], weight[keep]
+    order = np.lexsort((ib, ia))
+    return ia[order], ib[order], weight[order]
+
+
+class _TensorMemo:
+    """Mixin: convert the numpy arrays of a frozen dataclass to tensors once per (device, dtype)."""
+
+    _arrays: tuple[str, ...] = ()
+    _memo: dict
+
+    def tensors(self, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The arrays named in ``_arrays`` as tensors on ``device``; floating arrays in ``dtype``."""
+        key = (str(torch.device(device)), dtype)
+        if key not in self._memo:
+            arrays = [getattr(self, name) for name in self._arrays]
+            self._memo[key] = tuple(
+                torch.as_tensor(a, device=device, dtype=dtype if a.dtype.kind == "f" else torch.int64) for a in arrays
+            )
+        return self._memo[key]
+
+
+@dataclass(frozen=True, eq=False)
+class LocalObservations(_TensorMemo):
+    """For each state element with observations nearby, its local observations and their tapers.
+
+    Attributes
+    ----------
+    active:
+        Flat state indices that have at least one local observation, shape ``(n_active,)``.
+    index:
+        Observation indices per active element, padded, shape ``(n_active, max_local)``.
+    weight:
+        Gaspari-Cohn taper of each local observation (0 on padding), shape ``(n_active, max_local)``.
+    """
+
+    active: np.ndarray
+    index: np.ndarray
+    weight: np.ndarray
+    _memo: dict = field(default_factory=dict, repr=False)
+    _arrays = ("active", "index", "weight")
+
+    @classmethod
+    def from_pairs(cls, state: np.ndarray, observation: np.ndarray, weight: np.ndarray) -> "LocalObservations":
+        """Pad pairs sorted by ``state`` into per-element rows."""
+        active, first, counts = np.unique(state, return_index=True, return_counts=True)
+        width = int(counts.max()) if counts.size else 0
+        row = np.repeat(np.arange(active.size), counts)
+        slot = np.arange(state.size) - np.repeat(first, counts)
+        index = np.zeros((active.size, width), dtype=np.int64)
+        padded = np.zeros((active.size, width), dtype=np.float64)
+        index[row, slot] = observation
+        padded[row, slot] = weight
+        return cls(active.astype(np.int64), index, padded)
+
+
+@dataclass(frozen=True, eq=False)
+class CovarianceTapers(_TensorMemo):
+    """Dense Gaspari-Cohn tapers for covariance localization.
+
+    Attributes
+    ----------
+    state_obs:
+        Taper between each state element and each observation, shape ``(n_state, n_obs)``.
+    obs_obs:
+        Taper between observations, shape ``(n_obs, n_obs)``.
+    """
+
+    state_obs: np.ndarray
+    obs_obs: np.ndarray
+    _memo: dict = field(default_factory=dict, repr=False)
+    _arrays = ("state_obs", "obs_obs")
+
+
+_CACHE: OrderedDict[tuple, object] = OrderedDict()
+T = TypeVar("T")
+
+
+def _geometry_key(kind: str, obs: ObservationSpace, radius: float) -> tuple:
+    digest = hashlib.blake2b(digest_size=16)
+    for axis in obs.grid.axes:
+        digest.update(np.ascontiguousarray(axis, dtype=np.float64).tobytes())
+        digest.update(b"|")
+    digest.update(repr((obs.grid.lengths, tuple(obs.state_shape))).encode())
+    digest.update(np.ascontiguousarray(obs.state_index, dtype=np.int64).tobytes())
+    return kind, float(radius), digest.hexdigest()
+
+
+def _cached(key: tuple, build: Callable[[], T]) -> T:
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+    else:
+        _CACHE[key] = build()
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return _CACHE[key]  # type: ignore[return-value]
+
+
+def local_observations(obs: ObservationSpace, radius: float) -> LocalObservations:
+    """Local observations of every state element within ``2 * radius`` (cached per geometry).
+
+    Parameters
+    ----------
+    obs:
+        Observation space; its ``grid`` and ``locations`` define the geometry.
+    radius:
+        Finite Gaspari-Cohn half-width in model length units.
+    """
+    radius = check_radius(radius, required=True)
+    if not math.isfinite(radius):
+        raise ValueError("radius must be finite to build local observation lists (inf means global)")
+
+    def build() -> LocalObservations:
+        return LocalObservations.from_pairs(*taper_pairs(obs.grid, obs.grid.points(), obs.locations, radius))
+
+    return _cached(_geometry_key("local", obs, radius), build)
+
+
+def covariance_tapers(obs: ObservationSpace, radius: float) -> CovarianceTapers:
+    """Dense state-observation and observation-observation tapers (cached per geometry).
+
+    Memory is ``8 * n_obs * (n_state + n_obs)`` bytes in float64: meant for covariance localization
+    of moderate problems (thousands of elements), not for ``d = 1e6``.
+    """
+    radius = check_radius(radius, required=True)
+    if not math.isfinite(radius):
+        raise ValueError("radius must be finite to build covariance tapers (inf means global)")
+
+    def build() -> CovarianceTapers:
+        points, locations = obs.grid.points(), obs.locations
+        state_obs = np.zeros((points.shape[0], locations.shape[0]))
+        obs_obs = np.zeros((locations.shape[0], locations.shape[0]))
+        ia, ib, weight = taper_pairs(obs.grid, points, locations, radius)
+        state_obs[ia, ib] = weight
+        ia, ib, weight = taper_pairs(obs.grid, locations, locations, radius)
+        obs_obs[ia, ib] = weight
+        return CovarianceTapers(state_obs, obs_obs)
+
+    return _cached(_geometry_key("covariance", obs, radius), build)
