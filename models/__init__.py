@@ -1,5 +1,9 @@
 """Dynamical models: batched torch ensembles with the member on the leading axis."""
 
 from .base import Grid, Model
+from .lorenz63 import Lorenz63
+from .lorenz96 import Lorenz96
+from .kuramoto_sivashinsky import KuramotoSivashinsky
+from .navier_stokes import NavierStokes2D
 
-__all__ = ["Grid", "Model"]
+__all__ = ["Grid", "KuramotoSivashinsky", "Lorenz63", "Lorenz96", "Model", "NavierStokes2D"]
