@@ -54,12 +54,13 @@ DTYPE = torch.float32
 TARGET_SPEEDUP = 10.0
 
 
-def per_particle_velocity(path: OTPath, t: float, x: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+def per_particle_velocity(
+    path: OTPath, t: float, x: torch.Tensor, x1: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     """The published evaluation order: for each particle, its own weights over all members."""
     mu, dmu = path.mean(t, None, x1), path.mean_derivative(t, None, x1)
     sigma = path.std(t)
     rate = path.std_derivative(t) / sigma
-    out = torch.empty_like(x)
     for i in range(x.shape[0]):
         diff = x[i] - mu
         weights = torch.softmax(-(diff * diff).sum(dim=1) / (2 * sigma**2), dim=0)
@@ -67,9 +68,11 @@ def per_particle_velocity(path: OTPath, t: float, x: torch.Tensor, x1: torch.Ten
     return out
 
 
-def batched_velocity(path: OTPath, t: float, x: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+def batched_velocity(
+    path: OTPath, t: float, x: torch.Tensor, x1: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     """The batched estimator of :mod:`enff.filters.velocity`."""
-    return marginal_velocity(path, t, x, x1).velocity
+    return marginal_velocity(path, t, x, x1, out=out).velocity
 
 
 def problem(n: int, d: int, seed: int = 0) -> dict[str, Any]:
@@ -82,14 +85,15 @@ def problem(n: int, d: int, seed: int = 0) -> dict[str, Any]:
     grid = Grid((np.arange(d, dtype=np.float64),), (float(d),))
     obs = ObservationSpace(ATan(), torch.full((d,), OBS_STD, dtype=DTYPE), grid, (d,))
     y = torch.atan(truth) + OBS_STD * torch.randn(d, generator=g, dtype=DTYPE)
-    return {"path": path, "x": x, "x1": x1, "obs": obs, "y": y}
+    # the result buffer is reused across calls, as the filter reuses it across its S evaluations
+    return {"path": path, "x": x, "x1": x1, "obs": obs, "y": y, "out": torch.empty_like(x)}
 
 
 def step(velocity_fn: Callable[..., torch.Tensor], p: dict[str, Any]) -> torch.Tensor:
     """One EnFF step: velocity plus local guidance at the predicted end point."""
     guide = LocalGuidance(scale=GUIDANCE_SCALE)
-    v = velocity_fn(p["path"], FLOW_TIME, p["x"], p["x1"])
-    return v.add_(guide.force(p["x"], v, FLOW_TIME, p["y"], p["obs"]))
+    v = velocity_fn(p["path"], FLOW_TIME, p["x"], p["x1"], p["out"])
+    return guide.add_force(v, p["x"], FLOW_TIME, p["y"], p["obs"])
 
 
 def copy_bandwidth(n_bytes: int = 1 << 29, repeats: int = 5) -> float:
@@ -114,10 +118,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, li
 def compare(d: int, repeats: int, bandwidth: float) -> dict[str, Any]:
     """Side-by-side timing and agreement check at one state dimension, N = MEMBERS."""
     p = problem(MEMBERS, d)
-    fast = step(batched_velocity, p)
-    slow = step(per_particle_velocity, p)
-    v_fast = batched_velocity(p["path"], FLOW_TIME, p["x"], p["x1"])
-    v_slow = per_particle_velocity(p["path"], FLOW_TIME, p["x"], p["x1"])
+    fast = step(batched_velocity, p).clone()
+    slow = step(per_particle_velocity, p).clone()
+    v_fast = batched_velocity(p["path"], FLOW_TIME, p["x"], p["x1"], p["out"]).clone()
+    v_slow = per_particle_velocity(p["path"], FLOW_TIME, p["x"], p["x1"], p["out"])
     scale = float(v_slow.abs().max())
     velocity_error = float((v_fast - v_slow).abs().max()) / scale
     step_error = float((fast - slow).abs().max()) / float(slow.abs().max())
@@ -127,8 +131,8 @@ def compare(d: int, repeats: int, bandwidth: float) -> dict[str, Any]:
         {
             "batched_step": lambda: step(batched_velocity, p),
             "per_particle_step": lambda: step(per_particle_velocity, p),
-            "batched_velocity": lambda: batched_velocity(p["path"], FLOW_TIME, p["x"], p["x1"]),
-            "per_particle_velocity": lambda: per_particle_velocity(p["path"], FLOW_TIME, p["x"], p["x1"]),
+            "batched_velocity": lambda: batched_velocity(p["path"], FLOW_TIME, p["x"], p["x1"], p["out"]),
+            "per_particle_velocity": lambda: per_particle_velocity(p["path"], FLOW_TIME, p["x"], p["x1"], p["out"]),
         },
         repeats,
     )
@@ -163,7 +167,7 @@ def n_sweep(repeats: int) -> list[dict[str, Any]]:
         times = interleaved(
             {
                 "batched_step": lambda: step(batched_velocity, p),
-                "batched_velocity": lambda: batched_velocity(p["path"], FLOW_TIME, p["x"], p["x1"]),
+                "batched_velocity": lambda: batched_velocity(p["path"], FLOW_TIME, p["x"], p["x1"], p["out"]),
             },
             repeats,
         )
@@ -251,7 +255,7 @@ def main() -> None:
     }
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     payload["machine_note"] = (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} intra-op thread(s), "
         f"no GPU, load average {load[0]:.1f} (shared machine)"
     )
     json_path, md_path = write_results(args.name, payload, markdown(payload))

@@ -25,7 +25,7 @@ def test_crps_matches_scoringrules_fair_estimator(sample):
 def test_energy_score_matches_scoringrules_fair_estimator(sample):
     ens, truth = sample
     flat = ens.reshape(12, -1).numpy()
-    expected = sr.energy_score(truth.reshape(-1).numpy(), flat, estimator="fair")
+    expected = sr.es_ensemble(truth.reshape(-1).numpy(), flat, estimator="fair")
     assert float(scores.energy_score_fair(ens, truth)) == pytest.approx(float(expected), rel=1e-10)
 
 

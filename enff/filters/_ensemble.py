@@ -84,12 +84,13 @@ def square_root_update(
 ) -> torch.Tensor:
     """ETKF update of the state anomalies with the symmetric square root, for a batch of local problems.
 
-    With ``A = (N - 1) I + S^T diag(w) S = Q diag(lambda) Q^T`` the ensemble weights are
+    With ``A = (N - 1) I + S^T diag(w) S`` the ensemble weights are
     ``T = wbar 1^T + sqrt(N - 1) A^{-1/2}`` and ``wbar = A^{-1} S^T diag(w) dy`` (Hunt et al., 2007);
     analysis member ``k`` is ``mean + sum_j T[j, k] X'[j]``. The symmetric square root keeps the
-    analysis anomalies centred (``A 1 = (N - 1) 1``). ``T`` is applied to ``X'`` through ``Q`` without
-    being formed, so one local problem with a single state element costs ``O(N^2)`` besides the
-    eigen-decomposition.
+    analysis anomalies centred (``A 1 = (N - 1) 1``). ``T`` is never formed: it is applied to ``X'``
+    through the eigen-decomposition of the smaller of ``A`` (``N x N``) and the observation-space
+    matrix ``K = B B^T`` (``n_obs x n_obs``, ``B = diag(sqrt(w)) S``); both give the same ``T`` to
+    round-off, so one local problem costs one eigen-decomposition of size ``min(N, n_obs)``.
 
     Parameters
     ----------
@@ -100,12 +101,21 @@ def square_root_update(
     state_anomalies:
         ``X'``, shape ``(..., member, n_state)``.
     weight:
-        Localization weights of R^-1, shape ``(..., n_obs)``, or ``None``.
+        Localization weights of R^-1 (``>= 0``), shape ``(..., n_obs)``, or ``None``.
 
     Returns
     -------
     ``T^T X'``, shape ``(..., member, n_state)``: the analysis minus the forecast mean.
     """
+    if anomalies.shape[-2] < anomalies.shape[-1]:
+        return _observation_space_update(anomalies, innovation, state_anomalies, weight)
+    return _member_space_update(anomalies, innovation, state_anomalies, weight)
+
+
+def _member_space_update(
+    anomalies: torch.Tensor, innovation: torch.Tensor, state_anomalies: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`square_root_update` through ``A = Q diag(lambda) Q^T`` (``N x N``)."""
     n = anomalies.shape[-1]
     eigenvalues, vectors = torch.linalg.eigh(ensemble_precision(anomalies, weight))
     weighted = innovation if weight is None else innovation * weight
@@ -114,6 +124,28 @@ def square_root_update(
     mean_increment = (projected / eigenvalues.unsqueeze(-2)) @ rotated  # wbar^T X'
     scale = ((n - 1) / eigenvalues).sqrt().unsqueeze(-1)
     return vectors @ (scale * rotated) + mean_increment
+
+
+def _observation_space_update(
+    anomalies: torch.Tensor, innovation: torch.Tensor, state_anomalies: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`square_root_update` through ``K = B B^T = U diag(lambda) U^T`` (``n_obs x n_obs``).
+
+    With ``c = N - 1``, ``f(l) = (c + l)^{-1/2}`` and ``A = c I + B^T B``:
+    ``sqrt(c) A^{-1/2} = I + B^T U diag(sqrt(c) g(lambda)) U^T B`` where
+    ``g(l) = (f(l) - f(0)) / l = -1 / (sqrt(c + l) sqrt(c) (sqrt(c + l) + sqrt(c)))`` is smooth at
+    ``l = 0``, and ``wbar = B^T U diag(1 / (c + lambda)) U^T sqrt(w) dy`` (push-through identity).
+    """
+    c = anomalies.shape[-1] - 1.0
+    root = anomalies if weight is None else anomalies * weight.sqrt().unsqueeze(-1)  # B, (..., p, N)
+    eigenvalues, vectors = torch.linalg.eigh(root @ root.transpose(-1, -2))
+    eigenvalues = eigenvalues.clamp_min(0.0)
+    rooted = innovation if weight is None else innovation * weight.sqrt()
+    projected = (rooted.unsqueeze(-2) @ vectors) / (c + eigenvalues).unsqueeze(-2)  # (..., 1, p)
+    rotated = vectors.transpose(-1, -2) @ (root @ state_anomalies)  # U^T B X', (..., p, n_state)
+    total = (c + eigenvalues).sqrt()
+    gain = -1.0 / (total * (total + c**0.5))  # sqrt(c) g(lambda), (..., p)
+    return state_anomalies + root.transpose(-1, -2) @ (vectors @ (gain.unsqueeze(-1) * rotated)) + projected @ rotated
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Bootstrap particle filter: Gaussian log-weights, effective sample size, systematic resampling, jitter."""
+"""Bootstrap particle filter: Gaussian log-weights, ESS, systematic resampling, tempering, regularization."""
 
 from __future__ import annotations
 
@@ -13,7 +13,29 @@ from enff.observations.space import ObservationSpace
 from ._ensemble import EnsembleFilter, ObservedEnsemble
 from .base import register
 
-__all__ = ["BootstrapPF", "effective_sample_size", "log_weights", "systematic_resample"]
+__all__ = [
+    "BootstrapPF",
+    "effective_sample_size",
+    "log_weights",
+    "regularization_noise",
+    "systematic_resample",
+    "tempering_step",
+]
+
+#: Most tempering stages per analysis; the last stage assimilates whatever likelihood is left.
+MAX_STAGES = 32
+
+
+def log_likelihood(observed: ObservedEnsemble) -> torch.Tensor:
+    """Gaussian log-likelihood of each member up to a constant, ``-|y - h(x_j)|^2 / (2 s^2)``, shape ``(member,)``.
+
+    Parameters
+    ----------
+    observed:
+        Scaled observation anomalies ``(member, n_obs)`` and innovation ``(n_obs,)``.
+    """
+    residual = observed.innovation - observed.anomalies  # (y - h(x_j)) / s
+    return -0.5 * (residual * residual).sum(dim=-1)
 
 
 def log_weights(observed: ObservedEnsemble) -> torch.Tensor:
@@ -29,9 +51,40 @@ def log_weights(observed: ObservedEnsemble) -> torch.Tensor:
     ``log w_j``, shape ``(member,)``, with ``logsumexp(log w) = 0``; ``w_j`` is proportional to
     ``exp(-|y - h(x_j)|^2 / (2 s^2))``.
     """
-    residual = observed.innovation - observed.anomalies  # (y - h(x_j)) / s
-    log_likelihood = -0.5 * (residual * residual).sum(dim=-1)
-    return log_likelihood - torch.logsumexp(log_likelihood, dim=0)
+    loglik = log_likelihood(observed)
+    return loglik - torch.logsumexp(loglik, dim=0)
+
+
+def tempering_step(loglik: torch.Tensor, remaining: float, target_ess: float) -> float:
+    """Largest tempering exponent increment whose incremental weights keep the ESS at ``target_ess``.
+
+    Finds ``phi`` in ``(0, remaining]`` with ``ESS(phi * loglik) = target_ess`` by bisection (the ESS decreases monotonically in ``phi``); returns ``remaining`` when even the whole
+    rest of the likelihood keeps the ESS at or above the target.
+
+    Parameters
+    ----------
+    loglik:
+        Log-likelihood of each member, shape ``(member,)``.
+    remaining:
+        Exponent still to assimilate, in (0, 1].
+    target_ess:
+        Effective sample size to keep, in members.
+    """
+
+    def ess(phi: float) -> float:
+        scaled = phi * loglik.double()
+        return effective_sample_size(scaled - torch.logsumexp(scaled, dim=0))
+
+    if ess(remaining) >= target_ess:
+        return remaining
+    low, high = 0.0, remaining
+    for _ in range(50):
+        middle = 0.5 * (low + high)
+        if ess(middle) >= target_ess:
+            low = middle
+        else:
+            high = middle
+    return max(low, remaining / MAX_STAGES)
 
 
 def effective_sample_size(log_weight: torch.Tensor) -> float:
@@ -62,36 +115,96 @@ def systematic_resample(log_weight: torch.Tensor, generator: torch.Generator) ->
     return torch.searchsorted(cumulative / cumulative[-1], positions, right=True)
 
 
+def regularization_noise(
+    members: torch.Tensor, log_weight: torch.Tensor, n_draws: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Gaussian draws with the weighted (unbiased) sample covariance of ``members``.
+
+    The covariance is ``C = sum_j w_j (x_j - m)(x_j - m)^T / (1 - sum_j w_j^2)`` with the weighted mean
+    ``m``; draws are ``z @ C12`` with ``z`` standard normal ``(n_draws, member)`` and
+    ``C12[j] = sqrt(w_j / (1 - sum w^2)) (x_j - m)``, so they live in the span of the anomalies and
+    cost ``O(n_draws * member * d)`` without a ``d x d`` matrix. Degenerate weights (one member holds
+    all the weight) fall back to equal weights.
+
+    Parameters
+    ----------
+    members:
+        Ensemble, shape ``(member, d)``.
+    log_weight:
+        Normalized log-weights, shape ``(member,)``.
+    n_draws:
+        Number of draws.
+    generator:
+        Source of ``z``, on ``members``' device.
+
+    Returns
+    -------
+    Noise, shape ``(n_draws, d)``, in state units.
+    """
+    weight = torch.exp(log_weight.to(members.dtype))
+    concentration = float((weight * weight).sum())
+    if concentration > 1.0 - 1e-12:
+        weight = torch.full_like(weight, 1.0 / weight.shape[0])
+        concentration = 1.0 / weight.shape[0]
+    mean = weight @ members
+    c12 = torch.sqrt(weight / (1.0 - concentration)).unsqueeze(-1) * (members - mean)
+    z = torch.randn((n_draws, members.shape[0]), generator=generator, device=members.device, dtype=members.dtype)
+    return z @ c12
+
+
 @register("bpf")
 @dataclass(frozen=True)
 class BootstrapPF(EnsembleFilter):
-    """Bootstrap particle filter (Gordon et al., 1993) resampling every cycle.
+    """Bootstrap particle filter (Gordon et al., 1993), optionally tempered and regularized.
 
-    The members are weighted by the Gaussian likelihood of the observations, resampled systematically
-    and, optionally, jittered with independent Gaussian noise to keep copies apart. The effective
-    sample size of the weights (before resampling) is reported as ``diagnostics["ess"]``.
+    The members are weighted by the Gaussian likelihood of the observations and resampled
+    systematically every cycle (the filter contract returns an equally weighted ensemble, so no weights
+    are carried between cycles). Two options fight weight collapse:
+
+    * ``tempering`` (adaptive likelihood tempering): the likelihood ``p(y|x)`` is assimilated as
+      ``p(y|x)^phi_1 ... p(y|x)^phi_K`` with ``sum phi_k = 1``, each ``phi_k`` as large as keeps the
+      effective sample size of its incremental weights at ``tempering * member`` (at most
+      ``MAX_STAGES`` stages); after every stage the members are resampled and regularized. With
+      ``tempering = 0``, or when the whole likelihood keeps the ESS above the target, there is one stage.
+    * ``regularization`` (regularized PF, Musso et al., 2001): after resampling, each member gets
+      Gaussian noise with covariance ``(regularization * h)^2 C``, ``C`` the weighted sample covariance
+      of the members before resampling and ``h = member^(-1/(d + 4))`` Scott's bandwidth; the kernel
+      smoothing biases the posterior slightly and vanishes as ``member`` grows.
+
+    ``jitter`` adds independent isotropic noise of a fixed std after the last stage. The effective
+    sample size of the full likelihood weights of the forecast is ``diagnostics["ess"]``, the number of
+    stages ``diagnostics["stages"]``.
 
     Attributes
     ----------
     jitter:
-        Standard deviation of the Gaussian noise added after resampling, in state units (0 = none).
+        Standard deviation of the isotropic Gaussian noise added after resampling, in state units (0 = none).
+    regularization:
+        Bandwidth factor of the covariance-shaped noise, dimensionless, >= 0 (0 = none).
+    tempering:
+        Target ESS fraction per tempering stage, in [0, 1) (0 = no tempering).
     inflation, rtps:
         See :class:`~enff.filters._ensemble.EnsembleFilter`.
     """
 
-    diagnostic_names: ClassVar[tuple[str, ...]] = ("ess",)
+    diagnostic_names: ClassVar[tuple[str, ...]] = ("ess", "stages")
 
     jitter: float = 0.0
+    regularization: float = 0.0
+    tempering: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        jitter = float(self.jitter)
-        if not math.isfinite(jitter) or jitter < 0:
-            raise ValueError(f"jitter must be a finite standard deviation >= 0 (state units), got {self.jitter!r}")
+        for name in ("jitter", "regularization"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.tempering) < 1.0:
+            raise ValueError(f"tempering must lie in [0, 1) (target ESS fraction per stage), got {self.tempering!r}")
 
     def _unobserved(self, prior: torch.Tensor, diagnostics: dict[str, float] | None) -> torch.Tensor:
         if diagnostics is not None:
-            diagnostics["ess"] = float(prior.shape[0])
+            diagnostics.update(ess=float(prior.shape[0]), stages=0.0)
         return prior
 
     def _update(
@@ -103,10 +216,30 @@ class BootstrapPF(EnsembleFilter):
         generator: torch.Generator,
         diagnostics: dict[str, float] | None,
     ) -> torch.Tensor:
-        weights = log_weights(observed)
+        n = members.shape[0]
+        bandwidth = self.regularization * n ** (-1.0 / (members.shape[1] + 4))
+        loglik = log_likelihood(observed)
+        std = obs.std.to(members)
+        if self.tempering > 0 and bandwidth > 0:  # y / s, to re-weigh members moved by an intermediate stage
+            scaled_y = observed.innovation + obs.h(members.reshape(n, *obs.state_shape)).mean(dim=0) / std
+        analysis, remaining, stages = members, 1.0, 0
+        while remaining > 0:
+            stages += 1
+            step = remaining
+            if self.tempering > 0 and stages < MAX_STAGES:
+                step = tempering_step(loglik, remaining, self.tempering * n)
+            remaining = 0.0 if step >= remaining * (1.0 - 1e-9) else remaining - step
+            weights = step * loglik - torch.logsumexp(step * loglik, dim=0)
+            index = systematic_resample(weights, generator)
+            resampled = analysis[index]
+            if bandwidth > 0:
+                resampled = resampled + bandwidth * regularization_noise(analysis, weights, n, generator)
+            analysis, loglik = resampled, loglik[index]
+            if remaining > 0 and bandwidth > 0:
+                moved = obs.h(analysis.reshape(n, *obs.state_shape)) / std
+                loglik = -0.5 * ((scaled_y - moved) ** 2).sum(dim=-1)
         if diagnostics is not None:
-            diagnostics["ess"] = effective_sample_size(weights)
-        analysis = members[systematic_resample(weights, generator)]
+            diagnostics.update(ess=effective_sample_size(log_weights(observed)), stages=float(stages))
         if self.jitter > 0:
             noise = torch.randn(analysis.shape, generator=generator, device=analysis.device, dtype=analysis.dtype)
             analysis = analysis + self.jitter * noise
