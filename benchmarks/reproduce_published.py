@@ -51,6 +51,26 @@ def published_for(setting: str, filter_name: str, steps: int | None) -> dict[str
     return None
 
 
+#: Published hyper-parameter names -> our case keys.
+HYPER_KEYS = {"sigma_min": "filter.sigma_min", "lambda": "filter.guidance_scale", "epsilon_alpha": "filter.eps_alpha",
+              "epsilon_beta": "filter.eps_beta"}
+
+
+def published_overrides(setting: str, filter_name: str) -> list[list[str]]:
+    """One override list per published row of ``setting`` and ``filter_name``: steps and hyper-parameters."""
+    grids = []
+    for row in published_rows():
+        if row["setting"] != setting or row["filter"] != NAMES.get(filter_name) or not row["euler_steps"]:
+            continue
+        sets = [f"filter.steps={int(row['euler_steps'])}"]
+        for text in (row["hp1"], row["hp2"]):
+            if text:
+                key, value = text.split("=")
+                sets.append(f"{HYPER_KEYS[key]}={float(value)}")
+        grids.append(sets)
+    return grids
+
+
 def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir: Path) -> dict:
     case = load_case(setting, filter_name=filter_name, overrides=[f"run.seed={seed}", *overrides])
     out = workdir / f"{setting}_{filter_name}_{seed}.nc"
@@ -75,6 +95,11 @@ def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir
     return row
 
 
+def _hyper_text(hyper: dict) -> str:
+    skip = {"name", "steps", "guidance", "sampler", "score"}
+    return ", ".join(f"{k}={v}" for k, v in hyper.items() if k not in skip)
+
+
 def markdown(rows: list[dict]) -> str:
     info = machine()
     lines = [
@@ -87,9 +112,9 @@ def markdown(rows: list[dict]) -> str:
         "'crps' column is that energy score. Published seconds are CPU process time on their GPU machine: "
         "compare ratios, not absolute times.",
         "",
-        "| setting | filter | S | seeds | cycles | RMSE ours | RMSE published | CRPS ours | energy score ours | "
-        "energy score published | s/analysis ours | s/analysis published |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | filter | S | hyper-parameters | seeds | cycles | RMSE ours | RMSE published | CRPS ours | "
+        "energy score ours | energy score published | s/analysis ours | s/analysis published |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -105,7 +130,8 @@ def markdown(rows: list[dict]) -> str:
             return f"{statistics.mean(vals):.4g}" + (f" ± {statistics.stdev(vals):.2g}" if len(vals) > 1 else "")
 
         lines.append(
-            f"| {setting} | {filt} | {steps if steps is not None else ''} | {','.join(str(r['seed']) for r in group)} | "
+            f"| {setting} | {filt} | {steps if steps is not None else ''} | {_hyper_text(group[0]['hyper'])} | "
+            f"{','.join(str(r['seed']) for r in group)} | "
             f"{ok[0]['cycles'] if ok else ''} | {stat('rmse')} | {pub.get('rmse', '')} | {stat('crps')} | "
             f"{stat('energy_score')} | {pub.get('energy_score', '')} | {stat('seconds_per_analysis')} | "
             f"{pub.get('seconds_per_analysis', '')} |")
@@ -123,21 +149,38 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra case override")
     parser.add_argument("--fresh", action="store_true", help="do not merge with an earlier result file")
+    parser.add_argument("--name", default="reproduce_published", help="result file stem under results/")
+    parser.add_argument("--merge", nargs="+", type=Path, default=[],
+                        help="only merge the rows of these result JSON files into --name and rewrite the summary")
+    parser.add_argument("--published-grid", action="store_true",
+                        help="run every published (S, hyper-parameter) row of each setting and filter")
     args = parser.parse_args()
-    previous = RESULTS / "reproduce_published.json"
+    previous = RESULTS / f"{args.name}.json"
     rows: list[dict] = []
     if previous.is_file() and not args.fresh:
         rows = json.loads(previous.read_text())["rows"]
+    if args.merge:
+        def key(r: dict) -> tuple:
+            return r["setting"], r["filter"], r["seed"], json.dumps(r.get("overrides", []))
+        merged = {key(r): r for r in rows}
+        for path in args.merge:
+            merged.update({key(r): r for r in json.loads(path.read_text())["rows"]})
+        rows = list(merged.values())
+        write_results(args.name, {"rows": rows}, markdown(rows))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings:
             for filter_name in args.filters:
-                for seed in args.seeds:
-                    key = (setting, filter_name, seed, json.dumps(args.overrides))
-                    rows = [r for r in rows if (r["setting"], r["filter"], r["seed"],
-                                                json.dumps(r.get("overrides", []))) != key]
-                    rows.append(run(setting, filter_name, seed, args.overrides, Path(tmp)))
-                    print(json.dumps(rows[-1]), flush=True)
-                    write_results("reproduce_published", {"rows": rows}, markdown(rows))
+                grid = published_overrides(setting, filter_name) if args.published_grid else [[]]
+                for extra in grid:
+                    overrides = [*extra, *args.overrides]
+                    for seed in args.seeds:
+                        key = (setting, filter_name, seed, json.dumps(overrides))
+                        rows = [r for r in rows if (r["setting"], r["filter"], r["seed"],
+                                                    json.dumps(r.get("overrides", []))) != key]
+                        rows.append(run(setting, filter_name, seed, overrides, Path(tmp)))
+                        print(json.dumps(rows[-1]), flush=True)
+                        write_results(args.name, {"rows": rows}, markdown(rows))
 
 
 if __name__ == "__main__":
