@@ -13,7 +13,14 @@ import torch
 from enff.filters import BootstrapPF, EnKF, ETKF, LETKF, get_filter, multiplicative_inflation, rtps
 from enff.filters._ensemble import observe
 from enff.filters.localization import gaspari_cohn, local_observations
-from enff.filters.particle import effective_sample_size, log_weights, systematic_resample
+from enff.filters._ensemble import _member_space_update, _observation_space_update
+from enff.filters.particle import (
+    effective_sample_size,
+    log_weights,
+    regularization_noise,
+    systematic_resample,
+    tempering_step,
+)
 from enff.models.base import Grid
 from enff.observations.base import ObservationOperator, flatten_members
 from enff.observations.space import ObservationSpace, Select
@@ -162,12 +169,13 @@ def test_particle_weights_converge_to_kalman_filter():
     assert errors[1] < errors[0] / 5
 
 
-def test_particle_filter_resampled_mean_and_ess():
+@pytest.mark.parametrize("tempering", [0.0, 0.5])
+def test_particle_filter_resampled_mean_and_ess(tempering):
     problem = linear_problem((2,), p=2)
     kf_mean, _ = problem.kalman()
     forecast = np.random.default_rng(4).multivariate_normal(problem.mean, problem.cov, 100_000)
     diagnostics: dict[str, float] = {}
-    analysis = run(BootstrapPF(), forecast, problem, diagnostics=diagnostics)
+    analysis = run(BootstrapPF(tempering=tempering), forecast, problem, diagnostics=diagnostics)
     mean, _ = moments(analysis)
     np.testing.assert_allclose(mean, kf_mean, atol=0.03)
     assert 1.0 <= diagnostics["ess"] <= 100_000
@@ -192,6 +200,51 @@ def test_systematic_resampling_counts_are_floor_or_ceil():
 def test_ess_of_uninformative_and_degenerate_weights():
     assert effective_sample_size(torch.full((8,), -math.log(8.0))) == pytest.approx(8.0)
     assert effective_sample_size(torch.tensor([0.0, -1e30, -1e30])) == pytest.approx(1.0)
+
+
+def test_tempered_regularized_particle_filter_approaches_kalman():
+    problem = linear_problem((2,), p=2)
+    kf_mean, kf_cov = problem.kalman()
+    forecast = np.random.default_rng(5).multivariate_normal(problem.mean, problem.cov, 50_000)
+    diagnostics: dict[str, float] = {}
+    mean, cov = moments(run(BootstrapPF(tempering=0.9, regularization=0.5), forecast, problem, diagnostics=diagnostics))
+    assert diagnostics["stages"] > 1
+    np.testing.assert_allclose(mean, kf_mean, atol=0.03)
+    np.testing.assert_allclose(cov, kf_cov, atol=0.05 * np.abs(kf_cov).max())
+
+
+def test_tempering_step_hits_the_target_ess():
+    loglik = -0.5 * torch.randn(500, generator=torch.Generator().manual_seed(0), dtype=torch.float64).square() * 40
+    step = tempering_step(loglik, 1.0, 250.0)
+    assert 0 < step < 1
+    scaled = step * loglik
+    assert effective_sample_size(scaled - torch.logsumexp(scaled, 0)) == pytest.approx(250.0, rel=1e-6)
+    assert tempering_step(loglik * 1e-9, 0.7, 250.0) == 0.7  # weak likelihood: one stage takes the rest
+
+
+def test_regularization_noise_has_the_weighted_covariance():
+    rng = np.random.default_rng(6)
+    members = rng.standard_normal((30, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.2]])
+    w = rng.dirichlet(np.ones(30))
+    noise = regularization_noise(
+        torch.as_tensor(members), torch.as_tensor(np.log(w)), 400_000, torch.Generator().manual_seed(1)
+    ).numpy()
+    expected = np.cov(members, rowvar=False, aweights=w, ddof=1)
+    np.testing.assert_allclose(noise.mean(axis=0), 0.0, atol=0.01)
+    np.testing.assert_allclose(np.cov(noise, rowvar=False), expected, atol=0.02 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("p, n", [(7, 20), (15, 20), (3, 5)])
+def test_observation_and_member_space_square_roots_agree(p, n):
+    gen = torch.Generator().manual_seed(p)
+    s = torch.randn(50, p, n, generator=gen, dtype=torch.float64)
+    s = s - s.mean(-1, keepdim=True)
+    dy = torch.randn(50, p, generator=gen, dtype=torch.float64)
+    w = torch.rand(50, p, generator=gen, dtype=torch.float64)
+    w[:, -1] = 0.0  # padding
+    x = torch.randn(50, n, 3, generator=gen, dtype=torch.float64)
+    x = x - x.mean(-2, keepdim=True)
+    torch.testing.assert_close(_observation_space_update(s, dy, x, w), _member_space_update(s, dy, x, w), rtol=0, atol=1e-12)
 
 
 def test_particle_jitter_adds_requested_spread():
@@ -340,7 +393,7 @@ def test_all_observations_masked_returns_forecast():
         diagnostics: dict[str, float] = {}
         out = filt.analysis(forecast, y, obs, generator=torch.Generator(), diagnostics=diagnostics)
         torch.testing.assert_close(out, forecast)
-    assert diagnostics == {"ess": 5.0}
+    assert diagnostics == {"ess": 5.0, "stages": 0.0}
 
 
 def test_multiplicative_inflation_formula():
@@ -381,6 +434,8 @@ def test_filters_apply_inflation_before_update():
         ("enkf", {"radius": -1.0}, "radius"),
         ("letkf", {}, "radius"),
         ("bpf", {"jitter": -0.1}, "jitter"),
+        ("bpf", {"regularization": float("nan")}, "regularization"),
+        ("bpf", {"tempering": 1.0}, "tempering"),
     ],
 )
 def test_invalid_hyper_parameters_name_the_field(name, hyper, field):

@@ -183,3 +183,33 @@ def test_real_observations_from_a_file_with_missing_values(tmp_path, small_case_
     bad.write_text(text.replace("cycles = 6", "cycles = 7"))
     assert main(["run", str(bad), "--out", str(tmp_path / "x.nc"), "--quiet"]) == 2
     assert not (tmp_path / "x.nc").exists()
+
+
+def test_two_dimensional_run_plots_snapshots(tmp_path):
+    text = """
+    [model]
+    name = "navier_stokes2d"
+    n = 32
+    forcing_wavenumber = 4
+    dt = 0.005
+    [observations]
+    operator = "atan"
+    every = 2
+    std = 0.1
+    patches = [[0, 8, 0, 8], [16, 32, 10, 20]]
+    [ensemble]
+    size = 4
+    [filter]
+    name = "none"
+    [run]
+    cycles = 3
+    """
+    case_file = tmp_path / "ns.toml"
+    case_file.write_text("\n".join(line.strip() for line in text.splitlines()))
+    out = tmp_path / "ns.nc"
+    assert main(["run", str(case_file), "--out", str(out), "--quiet"]) == 0
+    ds = open_run(out)
+    assert ds["truth"].dims == ("time", "y", "x") and ds.sizes["obs"] == 8 * 8 + 16 * 10
+    assert set(ds["observation"].coords) >= {"obs_x", "obs_y", "obs_index"}
+    assert main(["plot", str(out)]) == 0
+    assert (tmp_path / "ns_snapshots.png").is_file()

@@ -123,8 +123,9 @@ def regularization_noise(
     The covariance is ``C = sum_j w_j (x_j - m)(x_j - m)^T / (1 - sum_j w_j^2)`` with the weighted mean
     ``m``; draws are ``z @ C12`` with ``z`` standard normal ``(n_draws, member)`` and
     ``C12[j] = sqrt(w_j / (1 - sum w^2)) (x_j - m)``, so they live in the span of the anomalies and
-    cost ``O(n_draws * member * d)`` without a ``d x d`` matrix. Degenerate weights (one member holds
-    all the weight) fall back to equal weights.
+    cost ``O(n_draws * member * d)`` without a ``d x d`` matrix; when ``d < member`` the symmetric square
+    root of ``C`` (``d x d``) replaces ``C12`` and the cost is ``O(n_draws * d^2 + d^3)``. Degenerate
+    weights (one member holds all the weight) fall back to equal weights.
 
     Parameters
     ----------
@@ -148,7 +149,10 @@ def regularization_noise(
         concentration = 1.0 / weight.shape[0]
     mean = weight @ members
     c12 = torch.sqrt(weight / (1.0 - concentration)).unsqueeze(-1) * (members - mean)
-    z = torch.randn((n_draws, members.shape[0]), generator=generator, device=members.device, dtype=members.dtype)
+    if members.shape[1] < members.shape[0]:  # fewer state elements than members: a d x d square root is cheaper
+        eigenvalues, vectors = torch.linalg.eigh(c12.T @ c12)
+        c12 = (vectors * eigenvalues.clamp_min(0.0).sqrt()).T
+    z = torch.randn((n_draws, c12.shape[0]), generator=generator, device=members.device, dtype=members.dtype)
     return z @ c12
 
 
