@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	# Pin torch for the install step only (a CPU wheel is on local disk); the package asks for a range.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0" || $(BIN)/python -m pip install --quiet "torch>=2.2"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# sbibm ships the reference posteriors of the amortized-inference tests; its pinned sbi is old: no deps.
+	$(BIN)/python -m pip install --quiet --no-deps "sbibm==1.1.0"
 	touch $@
 
 run: setup

@@ -179,8 +179,8 @@ def main() -> None:
                         rows = [r for r in rows if (r["setting"], r["filter"], r["seed"],
                                                     json.dumps(r.get("overrides", []))) != key]
                         rows.append(run(setting, filter_name, seed, overrides, Path(tmp)))
-                        print(json.dumps(rows[-1]), flush=True)
                         write_results(args.name, {"rows": rows}, markdown(rows))
+                        print(json.dumps(rows[-1]), flush=True)
 
 
 if __name__ == "__main__":

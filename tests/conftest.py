@@ -3,6 +3,7 @@
 import textwrap
 
 import pytest
+import torch
 
 SMALL_CASE = textwrap.dedent(
     """
@@ -44,3 +45,12 @@ def small_case_file(tmp_path, small_case_text):
     path = tmp_path / "small.toml"
     path.write_text(small_case_text)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for the module (training small networks oversubscribes 2 shared cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
