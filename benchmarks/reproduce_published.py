@@ -26,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, write_results  # noqa: E402
 
+import torch  # noqa: E402
+
 from enff.casefile import load_case  # noqa: E402
 from enff.cycle import Divergence, run_case  # noqa: E402
 from enff.runfile import open_run  # noqa: E402
@@ -76,7 +78,7 @@ def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir
     out = workdir / f"{setting}_{filter_name}_{seed}.nc"
     start = time.perf_counter()
     row = {"setting": setting, "filter": filter_name, "seed": seed, "hyper": case.filter,
-           "steps": case.filter.get("steps"), "overrides": overrides}
+           "steps": case.filter.get("steps"), "overrides": overrides, "torch_threads": torch.get_num_threads()}
     try:
         summary = run_case(case, out, overwrite=True, progress=None)
     except Divergence as err:
@@ -105,8 +107,9 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         "# Published settings: ours beside the published results",
         "",
-        f"Ours: {info.get('cpu_model', info['processor'])}, {info['cpu_count']} cores, torch threads "
-        f"{info['torch_threads']}, device {info['cuda'] or 'cpu'}. Scores are means over the last {LAST} analyses "
+        f"Ours: {info.get('cpu_model', info['processor'])}, {info['cpu_count']} cores shared with other jobs, torch "
+        f"threads per run {sorted({r.get('torch_threads') for r in rows}, key=str)}, device {info['cuda'] or 'cpu'}. "
+        f"Scores are means over the last {LAST} analyses "
         "(as published), then mean ± std over seeds. S = number of velocity evaluations (published "
         "'grid points' minus one). Energy score is the fair estimator over the whole state; the published "
         "'crps' column is that energy score. Published seconds are CPU process time on their GPU machine: "
@@ -117,8 +120,10 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["setting"], r["filter"], r.get("steps"), json.dumps(r.get("overrides", []))), []).append(r)
+    for r in rows:  # one group per configuration; the same configuration and seed counts once
+        group = groups.setdefault((r["setting"], r["filter"], r.get("steps"), json.dumps(r["hyper"], sort_keys=True)), [])
+        if all(other["seed"] != r["seed"] for other in group):
+            group.append(r)
     for (setting, filt, steps, _), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
         ok = [r for r in group if "error" not in r]
         pub = published_for(setting, filt, steps) or {}
