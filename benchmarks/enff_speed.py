@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys

@@ -32,8 +32,14 @@ CONFIGS = {
 }
 
 
-def run_one(name: str, device: str, dtype: str, repeats: int) -> dict:
+def run_one(name: str, device: str, dtype: str, repeats: int, threads: int | None) -> dict:
     import enff.models as models
+
+    if threads:
+        import numba
+
+        torch.set_num_threads(threads)
+        numba.set_num_threads(threads)
 
     expr, members, steps = CONFIGS[name]
     model = eval(expr, vars(models))  # noqa: S307 - expressions are the constants above
@@ -58,10 +64,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="float64 on CPU only")
+    parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: theirs)")
     parser.add_argument("--one", nargs=3, metavar=("CONFIG", "DEVICE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(*args.one, repeats=args.repeats)))
+        print(json.dumps(run_one(*args.one, repeats=args.repeats, threads=args.threads)))
         return
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     dtypes = ["float64"] if args.quick else ["float64", "float32"]
@@ -71,8 +78,9 @@ def main() -> None:
             for name in CONFIGS:
                 if device == "cuda" and name.endswith("numba"):
                     continue
+                extra = ["--threads", str(args.threads)] if args.threads else []
                 out = subprocess.run([sys.executable, __file__, "--one", name, device, dtype,
-                                      "--repeats", str(args.repeats)], capture_output=True, text=True)
+                                      "--repeats", str(args.repeats), *extra], capture_output=True, text=True)
                 if out.returncode != 0:
                     rows.append({"config": name, "device": device, "dtype": dtype, "error": out.stderr[-500:]})
                 else:
@@ -82,8 +90,8 @@ def main() -> None:
     lines = [
         "# Model throughput",
         "",
-        f"Machine: {info.get('cpu_model', info['processor'])}, {info['cpu_count']} cores, torch threads "
-        f"{info['torch_threads']}, CUDA: {info['cuda'] or 'none'}, 1-minute load average at the end "
+        f"Machine: {info.get('cpu_model', info['processor'])}, {info['cpu_count']} cores, torch and numba threads "
+        f"{args.threads or 'default (' + str(info['torch_threads']) + ')'}, CUDA: {info['cuda'] or 'none'}, 1-minute load average at the end "
         f"{info['load_average_1min']:.1f} (other jobs shared the cores). Best of {args.repeats} timed calls after a warm-up; "
         "each configuration in its own process (peak RSS is that process's).",
         "",

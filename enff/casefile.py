@@ -15,7 +15,6 @@ wrong type or an out-of-range value raises :class:`CaseError` naming the file an
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import tomllib
@@ -338,7 +337,6 @@ def parse_case(
         tables = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise CaseError(f"{where}: not valid TOML: {err}") from None
-    tables = copy.deepcopy(tables)
     if filter_name is not None:
         current = tables.get("filter", {})
         if current.get("name") == filter_name:

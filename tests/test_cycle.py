@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import netCDF4
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from enff.casefile import parse_case
