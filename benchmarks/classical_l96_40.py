@@ -37,7 +37,8 @@ TUNED: dict[str, tuple[str, int, dict[str, Any], float]] = {
     "ETKF N=40": ("etkf", 40, {"inflation": 1.01}, 0.18),
     "EnKF N=40": ("enkf", 40, {"inflation": 1.04}, 0.22),
     "LETKF N=20": ("letkf", 20, {"radius": 10.0, "inflation": 1.01}, 0.20),
-    "BPF N=1000": ("bpf", 1000, {"regularization": 0.4, "tempering": 0.5}, 0.30),
+    "BPF N=1000": ("bpf", 1000, {"jitter": 0.3}, 0.30),
+    "BPF N=1000 regularized+tempered": ("bpf", 1000, {"regularization": 0.4, "tempering": 0.5}, 0.30),
 }
 
 #: Grids of the tuning sweep: filter -> (members, {hyper-parameter: values}).
