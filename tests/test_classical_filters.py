@@ -23,6 +23,7 @@ from enff.filters.particle import (
 )
 from enff.models.base import Grid
 from enff.observations.base import ObservationOperator, flatten_members
+from enff.observations.operators import Identity
 from enff.observations.space import ObservationSpace, Select
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -447,3 +448,15 @@ def test_forecast_shape_is_checked():
     obs = space(ArcTan(), np.ones(4), ring(4))
     with pytest.raises(ValueError, match="forecast must have shape"):
         ETKF().analysis(torch.zeros(5, 3, dtype=torch.float64), torch.zeros(4), obs, generator=torch.Generator())
+
+
+def test_localized_enkf_refuses_dense_tapers_that_do_not_fit(monkeypatch):
+    from enff.filters import localization
+
+    monkeypatch.setattr(localization, "MAX_DENSE_TAPER_BYTES", 1024)
+    grid = Grid(axes=(np.arange(64.0),), lengths=(64.0,))
+    obs = ObservationSpace(Identity(), torch.ones(64, dtype=torch.float64), grid, (64,))
+    forecast = torch.randn(8, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="dense tapers of .* use the letkf filter"):
+        EnKF(radius=4.0).analysis(forecast, torch.zeros(64, dtype=torch.float64), obs,
+                                  generator=torch.Generator().manual_seed(1))

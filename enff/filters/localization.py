@@ -26,6 +26,7 @@ from enff.observations.space import ObservationSpace
 __all__ = [
     "CovarianceTapers",
     "LocalObservations",
+    "MAX_DENSE_TAPER_BYTES",
     "check_radius",
     "covariance_tapers",
     "gaspari_cohn",
@@ -237,6 +238,10 @@ def local_observations(obs: ObservationSpace, radius: float) -> LocalObservation
     return _cached(_geometry_key("local", obs, radius), build)
 
 
+#: Largest dense covariance-taper pair (state x obs plus obs x obs, float64) that is built, in bytes.
+MAX_DENSE_TAPER_BYTES = 4 * 2**30
+
+
 def covariance_tapers(obs: ObservationSpace, radius: float) -> CovarianceTapers:
     """Dense state-observation and observation-observation tapers (cached per geometry).
 
@@ -246,6 +251,14 @@ def covariance_tapers(obs: ObservationSpace, radius: float) -> CovarianceTapers:
     radius = check_radius(radius, required=True)
     if not math.isfinite(radius):
         raise ValueError("radius must be finite to build covariance tapers (inf means global)")
+    n_state, n_obs = int(np.prod(obs.state_shape)), obs.n_obs
+    size = 8 * n_obs * (n_state + n_obs)
+    if size > MAX_DENSE_TAPER_BYTES:
+        raise ValueError(
+            f"covariance localization with radius {radius} needs dense tapers of {size / 2**30:.1f} GiB for "
+            f"{n_state:,} state elements and {n_obs:,} observations (limit {MAX_DENSE_TAPER_BYTES / 2**30:.0f} GiB); "
+            "use the letkf filter (domain localization) or drop radius for the global EnKF"
+        )
 
     def build() -> CovarianceTapers:
         points, locations = obs.grid.points(), obs.locations
