@@ -156,16 +156,16 @@ def main() -> None:
         except ImportError:
             print("sbi not installed: skipping the sbi baseline")
     rows, solver_rows = [], []
-    for name in args.tasks:
-        task_rows, task_solver_rows = run_task(name, args.budgets, args.n_samples, methods)
-        rows += task_rows
-        solver_rows += task_solver_rows
     meta = {"machine": f"{platform.processor() or platform.machine()}, 2 shared cores, no GPU",
             "threads": torch.get_num_threads(), "n_samples": args.n_samples, "torch": torch.__version__}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "amortized_sbibm.json").write_text(json.dumps({"meta": meta, "rows": rows, "solvers": solver_rows},
-                                                             indent=1))
-    (RESULTS / "amortized_sbibm.md").write_text(markdown(rows, solver_rows, meta))
+    for name in args.tasks:  # results are rewritten after each task, so a stopped run keeps what it measured
+        task_rows, task_solver_rows = run_task(name, args.budgets, args.n_samples, methods)
+        rows += task_rows
+        solver_rows += task_solver_rows
+        (RESULTS / "amortized_sbibm.json").write_text(
+            json.dumps({"meta": meta, "rows": rows, "solvers": solver_rows}, indent=1))
+        (RESULTS / "amortized_sbibm.md").write_text(markdown(rows, solver_rows, meta))
 
 
 if __name__ == "__main__":
