@@ -92,7 +92,7 @@ def main() -> None:
         "",
         f"Machine: {info.get('cpu_model', info['processor'])}, {info['cpu_count']} cores, torch and numba threads "
         f"{args.threads or 'default (' + str(info['torch_threads']) + ')'}, CUDA: {info['cuda'] or 'none'}, 1-minute load average at the end "
-        f"{info['load_average_1min']:.1f} (other jobs shared the cores). Best of {args.repeats} timed calls after a warm-up; "
+        f"{info['load_average_1min']:.1f} (above 2 means other jobs shared the 2 cores). Best of {args.repeats} timed calls after a warm-up; "
         "each configuration in its own process (peak RSS is that process's).",
         "",
         "| config | device | dtype | members x size | s / step | member-steps / s | values / s | peak RSS MiB |",
