@@ -286,3 +286,20 @@ def test_cuda_analysis_matches_cpu_statistics():
     gpu = enff.analysis(forecast.cuda(), y.cuda(), obs_gpu, generator=torch.Generator(device="cuda").manual_seed(0))
     assert gpu.device.type == "cuda"
     assert (gpu.mean().cpu() - cpu.mean()).abs() < 0.2
+
+
+@pytest.mark.parametrize("name", ["enff-ot", "enff-f2p", "ensf", "etkf", "enkf", "letkf", "bpf"])
+def test_cycle_with_every_observation_missing_returns_the_inflated_forecast(name):
+    from enff.filters import get_filter
+    from enff.models.base import Grid
+    from enff.observations import ATan, ObservationSpace
+
+    grid = Grid(axes=(np.arange(16.0),), lengths=(16.0,))
+    obs = ObservationSpace(ATan(), torch.full((16,), 0.1, dtype=torch.float64), grid, (16,))
+    forecast = torch.randn(6, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hyper = {"radius": 3.0} if name == "letkf" else {}
+    filt = get_filter(name, inflation=1.1, **hyper)
+    y = torch.full((16,), float("nan"), dtype=torch.float64)
+    analysis = filt.analysis(forecast, y, obs, previous=forecast, generator=torch.Generator().manual_seed(1))
+    mean = forecast.mean(0)
+    torch.testing.assert_close(analysis, mean + 1.1 * (forecast - mean))

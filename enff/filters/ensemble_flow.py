@@ -144,8 +144,11 @@ class GenerativeFilter(Filter):
             raise ValueError(
                 f"previous must be shaped like forecast {tuple(forecast.shape)}, got {tuple(previous.shape)}"
             )
+        inflated = multiplicative_inflation(forecast, self.inflation)
+        if not bool(torch.isfinite(y).any()):
+            return inflated  # every observation missing: nothing to assimilate
         y, obs = obs.observed(y)
-        prior = multiplicative_inflation(forecast, self.inflation).reshape(forecast.shape[0], -1)
+        prior = inflated.reshape(forecast.shape[0], -1)
         flat_previous = None if previous is None else previous.reshape(forecast.shape[0], -1)
         members = self._transport(prior, flat_previous, y, obs, generator=generator, diagnostics=diagnostics)
         return members.reshape(forecast.shape)
