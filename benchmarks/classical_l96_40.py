@@ -28,6 +28,7 @@ import torch
 
 from enff.casefile import load_case
 from enff.cycle import Experiment, seeded_generator
+from enff.filters import get_filter
 
 RESULTS = Path(__file__).parent / "results"
 CYCLE_STREAM = 2  # the stream enff.cycle draws each cycle's observation error and filter noise from
@@ -38,7 +39,9 @@ TUNED: dict[str, tuple[str, int, dict[str, Any], float]] = {
     "EnKF N=40": ("enkf", 40, {"inflation": 1.04}, 0.22),
     "LETKF N=20": ("letkf", 20, {"radius": 10.0, "inflation": 1.01}, 0.20),
     "BPF N=1000": ("bpf", 1000, {"jitter": 0.3}, 0.30),
-    "BPF N=1000 regularized+tempered": ("bpf", 1000, {"regularization": 0.4, "tempering": 0.5}, 0.30),
+    "BPF N=1000 tempered, regularized (duplicates, shrunk), RTPS": (
+        "bpf", 1000, {"regularization": 1.0, "tempering": 0.8, "perturb": "duplicates", "shrink": True, "rtps": 0.5},
+        0.30),
 }
 
 #: Grids of the tuning sweep: filter -> (members, {hyper-parameter: values}).
@@ -46,15 +49,16 @@ SWEEP: dict[str, tuple[int, dict[str, list[Any]]]] = {
     "etkf": (40, {"inflation": [1.005, 1.01, 1.02, 1.03, 1.05]}),
     "enkf": (40, {"inflation": [1.02, 1.04, 1.06, 1.08, 1.12]}),
     "letkf": (20, {"radius": [3.0, 4.0, 5.0, 6.0, 8.0, 10.0], "inflation": [1.01, 1.02, 1.04]}),
-    "bpf": (1000, {"jitter": [0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7]}),
+    "bpf": (1000, {"regularization": [0.6, 1.0], "tempering": [0.7, 0.8, 0.9], "perturb": ["duplicates"],
+                   "shrink": [True], "rtps": [0.3, 0.5, 0.7]}),
 }
 
 
 def run(name: str, members: int, hyper: dict[str, Any], cycles: int, burn_in: int, seed: int) -> dict[str, Any]:
     """Cycle one filter and return its time-averaged analysis RMSE and spread after ``burn_in`` cycles."""
     overrides = [f"ensemble.size={members}", f"run.cycles={cycles}", f"run.seed={seed}", 'model.backend="numba-serial"']
-    overrides += [f"filter.{key}={value}" for key, value in hyper.items()]
     exp = Experiment(load_case("l96_40", filter_name=name, overrides=overrides))
+    exp.filter = get_filter(name, **hyper)  # exactly these hyper-parameters, not merged with the case's table
     truth, ensemble = exp.initial_condition()
     rmse, spread, ess = [], [], []
     seconds = 0.0
@@ -101,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=10_000, help="assimilation cycles per run")
     parser.add_argument("--burn-in", type=int, default=None, help="cycles discarded (default: a tenth)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (tuned settings)")
     parser.add_argument("--sweep", action="store_true", help="tuning sweep over the SWEEP grids")
     parser.add_argument("--filters", nargs="*", default=None, help="restrict to these filter names")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -114,15 +118,17 @@ def main() -> None:
             if args.filters and name not in args.filters:
                 continue
             for values in itertools.product(*grid.values()):
-                rows.append(run(name, members, dict(zip(grid, values)), args.cycles, burn_in, args.seed))
+                rows.append(run(name, members, dict(zip(grid, values)), args.cycles, burn_in, args.seeds[0]))
                 print(json.dumps(rows[-1]), flush=True)
         out = RESULTS / "classical_l96_40_sweep.json"
     else:
         for label, (name, members, hyper, target) in TUNED.items():
             if args.filters and name not in args.filters:
                 continue
-            rows.append({"label": label, "target_rmse": target, **run(name, members, hyper, args.cycles, burn_in, args.seed)})
-            print(json.dumps(rows[-1]), flush=True)
+            for seed in args.seeds:
+                rows.append({"label": label, "target_rmse": target, "seed": seed,
+                             **run(name, members, hyper, args.cycles, burn_in, seed)})
+                print(json.dumps(rows[-1]), flush=True)
         out = RESULTS / "classical_l96_40.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setup": machine(), "rows": rows}, indent=1) + "\n")

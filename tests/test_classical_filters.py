@@ -15,6 +15,7 @@ from enff.filters._ensemble import observe
 from enff.filters.localization import gaspari_cohn, local_observations
 from enff.filters._ensemble import _member_space_update, _observation_space_update
 from enff.filters.particle import (
+    duplicated,
     effective_sample_size,
     log_weights,
     regularization_noise,
@@ -248,6 +249,39 @@ def test_observation_and_member_space_square_roots_agree(p, n):
     torch.testing.assert_close(_observation_space_update(s, dy, x, w), _member_space_update(s, dy, x, w), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("shrink, factor", [(False, 1.0 + 0.6**2), (True, 1.0)])
+def test_regularization_kernel_inflates_covariance_unless_shrunk(shrink, factor):
+    # uninformative likelihood: every member is kept once, so the analysis is the kernel-smoothed forecast;
+    # the plain kernel multiplies the covariance by 1 + width^2, the shrunk kernel keeps mean and covariance
+    problem = linear_problem((2,), p=1)
+    problem.std[:] = 1e6
+    forecast = np.random.default_rng(7).multivariate_normal([1.0, -2.0], [[2.0, 0.6], [0.6, 1.0]], 100_000)
+    n, d = forecast.shape
+    regularization = 0.6 / n ** (-1.0 / (d + 4))  # kernel width 0.6
+    mean, cov = moments(run(BootstrapPF(regularization=regularization, shrink=shrink), forecast, problem))
+    np.testing.assert_allclose(mean, forecast.mean(axis=0), atol=0.02)
+    np.testing.assert_allclose(cov, factor * np.cov(forecast, rowvar=False), rtol=0.03, atol=0.02)
+
+
+def test_duplicates_only_perturbation_keeps_single_survivors_exact():
+    problem = linear_problem((2,), p=2)
+    forecast = np.random.default_rng(8).multivariate_normal(problem.mean, problem.cov, 2_000)
+    for perturb, exact_share in (("duplicates", 0.05), ("all", 0.0)):
+        analysis = run(BootstrapPF(regularization=1.0, jitter=0.1, perturb=perturb), forecast, problem).numpy()
+        exact = np.isclose(analysis[:, None, :], forecast[None], rtol=0, atol=1e-12).all(-1).any(-1)
+        if perturb == "all":
+            assert not exact.any()
+        else:  # the members drawn once survive unchanged, every copy of a duplicate moves
+            assert exact.mean() > exact_share and not exact.all()
+            assert len(np.unique(analysis.round(12), axis=0)) == len(analysis)
+
+
+def test_duplicated_marks_every_copy():
+    index = torch.tensor([0, 2, 2, 3, 5, 5, 5, 7])
+    assert duplicated(index).tolist() == [False, True, True, False, True, True, True, False]
+    assert duplicated(torch.tensor([4, 4])).tolist() == [True, True]
+
+
 def test_particle_jitter_adds_requested_spread():
     problem = linear_problem((3,), p=1)
     problem.std[:] = 1e6  # uninformative: resampling keeps every member once
@@ -437,6 +471,7 @@ def test_filters_apply_inflation_before_update():
         ("bpf", {"jitter": -0.1}, "jitter"),
         ("bpf", {"regularization": float("nan")}, "regularization"),
         ("bpf", {"tempering": 1.0}, "tempering"),
+        ("bpf", {"perturb": "some"}, "perturb"),
     ],
 )
 def test_invalid_hyper_parameters_name_the_field(name, hyper, field):

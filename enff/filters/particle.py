@@ -15,12 +15,17 @@ from .base import register
 
 __all__ = [
     "BootstrapPF",
+    "duplicated",
     "effective_sample_size",
     "log_weights",
     "regularization_noise",
     "systematic_resample",
     "tempering_step",
 ]
+
+#: Which resampled members get the regularization and jitter noise: every one, or only the copies of
+#: members selected more than once (unique survivors stay exact).
+PERTURB = ("all", "duplicates")
 
 #: Most tempering stages per analysis; the last stage assimilates whatever likelihood is left.
 MAX_STAGES = 32
@@ -115,6 +120,11 @@ def systematic_resample(log_weight: torch.Tensor, generator: torch.Generator) ->
     return torch.searchsorted(cumulative / cumulative[-1], positions, right=True)
 
 
+def duplicated(index: torch.Tensor) -> torch.Tensor:
+    """Mask of the entries of a sorted index vector ``(member,)`` whose value occurs more than once."""
+    return (index == index.roll(1)) | (index == index.roll(-1))
+
+
 def regularization_noise(
     members: torch.Tensor, log_weight: torch.Tensor, n_draws: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -163,21 +173,28 @@ class BootstrapPF(EnsembleFilter):
 
     The members are weighted by the Gaussian likelihood of the observations and resampled
     systematically every cycle (the filter contract returns an equally weighted ensemble, so no weights
-    are carried between cycles). Two options fight weight collapse:
+    are carried between cycles). Four options fight weight collapse in a deterministic model:
 
     * ``tempering`` (adaptive likelihood tempering): the likelihood ``p(y|x)`` is assimilated as
       ``p(y|x)^phi_1 ... p(y|x)^phi_K`` with ``sum phi_k = 1``, each ``phi_k`` as large as keeps the
       effective sample size of its incremental weights at ``tempering * member`` (at most
       ``MAX_STAGES`` stages); after every stage the members are resampled and regularized. With
       ``tempering = 0``, or when the whole likelihood keeps the ESS above the target, there is one stage.
-    * ``regularization`` (regularized PF, Musso et al., 2001): after resampling, each member gets
-      Gaussian noise with covariance ``(regularization * h)^2 C``, ``C`` the weighted sample covariance
-      of the members before resampling and ``h = member^(-1/(d + 4))`` Scott's bandwidth; the kernel
-      smoothing biases the posterior slightly and vanishes as ``member`` grows.
+    * ``regularization`` (regularized PF, Musso et al., 2001): after resampling, members get Gaussian
+      noise with covariance ``phi_k (regularization * h)^2 C``, ``C`` the weighted sample covariance of
+      the members before resampling and ``h = member^(-1/(d + 4))`` Scott's bandwidth. The factor
+      ``phi_k`` makes the noise of all stages add up to one kernel of that width, however many stages
+      tempering takes.
+    * ``perturb = "duplicates"``: only members selected more than once get the noise (every copy of
+      them); members selected once stay exact, so a well-spread weight distribution adds little noise.
+    * ``shrink`` (kernel shrinkage, Liu and West, 2001): a perturbed member becomes
+      ``m + a (x - m) + noise`` with ``m`` the weighted mean and ``a = sqrt(1 - width^2)``, so the
+      kernel keeps the weighted mean and covariance instead of inflating the covariance by
+      ``1 + width^2``.
 
-    ``jitter`` adds independent isotropic noise of a fixed std after the last stage. The effective
-    sample size of the full likelihood weights of the forecast is ``diagnostics["ess"]``, the number of
-    stages ``diagnostics["stages"]``.
+    ``jitter`` adds independent isotropic noise of a fixed std after the last stage (to the members
+    chosen by ``perturb``). The effective sample size of the full likelihood weights of the forecast is
+    ``diagnostics["ess"]``, the number of stages ``diagnostics["stages"]``.
 
     Attributes
     ----------
@@ -187,6 +204,10 @@ class BootstrapPF(EnsembleFilter):
         Bandwidth factor of the covariance-shaped noise, dimensionless, >= 0 (0 = none).
     tempering:
         Target ESS fraction per tempering stage, in [0, 1) (0 = no tempering).
+    perturb:
+        Which resampled members get noise: ``"all"`` or ``"duplicates"``.
+    shrink:
+        Shrink perturbed members towards the weighted mean so the kernel keeps the covariance.
     inflation, rtps:
         See :class:`~enff.filters._ensemble.EnsembleFilter`.
     """
@@ -196,6 +217,8 @@ class BootstrapPF(EnsembleFilter):
     jitter: float = 0.0
     regularization: float = 0.0
     tempering: float = 0.0
+    perturb: str = "all"
+    shrink: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -203,8 +226,23 @@ class BootstrapPF(EnsembleFilter):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if self.perturb not in PERTURB:
+            raise ValueError(f"perturb must be one of {PERTURB}, got {self.perturb!r}")
         if not 0.0 <= float(self.tempering) < 1.0:
             raise ValueError(f"tempering must lie in [0, 1) (target ESS fraction per stage), got {self.tempering!r}")
+
+    def _kernel_move(self, members: torch.Tensor, log_weight: torch.Tensor, resampled: torch.Tensor, width: float,
+                     generator: torch.Generator) -> torch.Tensor:
+        """Displacement of each resampled member by the regularization kernel, shape ``(member, d)``.
+
+        Noise with covariance ``width^2 C`` (``C`` the weighted covariance of ``members``), plus, with
+        ``shrink``, the pull ``(a - 1)(x - m)`` towards the weighted mean ``m`` with ``a = sqrt(1 - width^2)``.
+        """
+        move = width * regularization_noise(members, log_weight, resampled.shape[0], generator)
+        if self.shrink:
+            centre = torch.exp(log_weight.to(members.dtype)) @ members
+            move = move + (math.sqrt(max(0.0, 1.0 - width * width)) - 1.0) * (resampled - centre)
+        return move
 
     def _unobserved(self, prior: torch.Tensor, diagnostics: dict[str, float] | None) -> torch.Tensor:
         if diagnostics is not None:
@@ -236,8 +274,11 @@ class BootstrapPF(EnsembleFilter):
             weights = step * loglik - torch.logsumexp(step * loglik, dim=0)
             index = systematic_resample(weights, generator)
             resampled = analysis[index]
+            chosen = (duplicated(index) if self.perturb == "duplicates" else torch.ones_like(index, dtype=torch.bool))
+            chosen = chosen.unsqueeze(-1).to(members.dtype)
             if bandwidth > 0:
-                resampled = resampled + bandwidth * regularization_noise(analysis, weights, n, generator)
+                width = bandwidth * math.sqrt(step)
+                resampled = resampled + chosen * self._kernel_move(analysis, weights, resampled, width, generator)
             analysis, loglik = resampled, loglik[index]
             if remaining > 0 and bandwidth > 0:
                 moved = obs.h(analysis.reshape(n, *obs.state_shape)) / std
@@ -246,5 +287,5 @@ class BootstrapPF(EnsembleFilter):
             diagnostics.update(ess=effective_sample_size(log_weights(observed)), stages=float(stages))
         if self.jitter > 0:
             noise = torch.randn(analysis.shape, generator=generator, device=analysis.device, dtype=analysis.dtype)
-            analysis = analysis + self.jitter * noise
+            analysis = analysis + chosen * self.jitter * noise
         return analysis
