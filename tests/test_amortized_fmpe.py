@@ -93,6 +93,8 @@ def test_bad_input_is_named(gaussian):
         FMPE(torch.distributions.Normal(0.0, 1.0))
     with pytest.raises(ValueError, match="at least 2 finite"), pytest.warns(RuntimeWarning, match="dropped 5 of 5"):
         estimator.fit(torch.full((5, 2), float("nan")), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="validation_repeats must be >= 1"):
+        TrainingConfig(validation_repeats=0)
 
 
 def test_nan_simulations_are_dropped_and_counted():

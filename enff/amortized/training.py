@@ -35,6 +35,9 @@ class TrainingConfig:
         Fraction of the examples held out (at least one example) for early stopping.
     patience:
         Epochs without a new best validation loss before training stops; the best weights are kept.
+    validation_repeats:
+        Independent path points drawn per validation example; the flow-matching loss of one draw is
+        noisy, and a noisy validation loss stops training (and decays the learning rate) too early.
     max_grad_norm:
         Gradient-norm clip.
     progress:
@@ -46,13 +49,14 @@ class TrainingConfig:
     max_epochs: int = 500
     validation_fraction: float = 0.1
     patience: int = 20
+    validation_repeats: int = 8
     max_grad_norm: float = 10.0
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
-            raise ValueError(f"batch_size, max_epochs and patience must be >= 1, got {self.batch_size!r}, "
-                             f"{self.max_epochs!r}, {self.patience!r}")
+        if min(self.batch_size, self.max_epochs, self.patience, self.validation_repeats) < 1:
+            raise ValueError(f"batch_size, max_epochs, patience and validation_repeats must be >= 1, got "
+                             f"{self.batch_size!r}, {self.max_epochs!r}, {self.patience!r}, {self.validation_repeats!r}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
         if not self.learning_rate > 0:
@@ -121,7 +125,7 @@ def train(module: nn.Module, loss: BatchLoss, n_examples: int, config: TrainingC
         history.n_steps += n_batches
         module.eval()
         with torch.no_grad():
-            val = float(loss(val_idx, torch.Generator(device=device).manual_seed(val_seed)))
+            val = float(loss(val_idx.repeat(config.validation_repeats), torch.Generator(device=device).manual_seed(val_seed)))
         history.train_loss.append(total / n_batches)
         history.validation_loss.append(val)
         scheduler.step(val)
