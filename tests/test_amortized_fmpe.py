@@ -141,3 +141,20 @@ def test_two_moons_c2st_against_sbibm_reference(two_moons):
                            ref.samples[:500])
     assert prior_score > 0.9  # the test can fail: the prior is easy to tell from the posterior
     assert score < 0.75
+
+
+def test_training_is_reproducible_from_the_seed_alone():
+    # weights are initialised from FMPE.seed, not from the global torch generator
+    task = ShiftedGaussianTask()
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn((200, 2), generator=gen)
+    x = task.simulate(theta, gen)
+    estimator = FMPE(task.prior, network=SMALL, seed=5, training=TrainingConfig(max_epochs=2, progress=False))
+    posts = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        posts.append(estimator.fit(theta, x))
+    for a, b in zip(posts[0].flow.parameters(), posts[1].flow.parameters()):
+        assert torch.equal(a, b)
+    other = FMPE(task.prior, network=SMALL, seed=6, training=TrainingConfig(max_epochs=2, progress=False)).fit(theta, x)
+    assert not all(torch.equal(a, b) for a, b in zip(posts[0].flow.parameters(), other.flow.parameters()))

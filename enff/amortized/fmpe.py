@@ -21,7 +21,7 @@ from torch.distributions import Distribution
 
 from .divergence import flow_log_prob
 from .flow_matching import flow_matching_loss, ot_path, sample_time
-from .networks import ConditionalFlow, NetworkConfig
+from .networks import ConditionalFlow, NetworkConfig, seeded_init
 from .ode import SolverConfig, integrate
 from .posterior import Posterior, Standardizer, check_pairs, check_rows, new_generator, sample_in_support
 from .training import TrainingConfig, TrainingHistory, train
@@ -101,7 +101,7 @@ class FMPE:
         theta, x = theta.float(), x.float()
         theta_scaler, x_scaler = Standardizer.fit(theta), Standardizer.fit(x)
         z_theta, z_x = theta_scaler.forward(theta), x_scaler.forward(x)
-        flow = ConditionalFlow(d, x.shape[1], self.network).to(theta.device)
+        flow = seeded_init(self.seed, lambda: ConditionalFlow(d, x.shape[1], self.network)).to(theta.device)
         generator = torch.Generator(device=theta.device).manual_seed(self.seed)
 
         def loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -8,13 +8,14 @@ gated by the context through a gated linear unit, ``h + r(h) * sigmoid(W c + b)`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["EmbeddingConfig", "NetworkConfig", "ConditionalFlow", "PeriodicConvEmbedding", "build_embedding"]
+__all__ = ["EmbeddingConfig", "NetworkConfig", "ConditionalFlow", "PeriodicConvEmbedding", "build_embedding", "seeded_init"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -150,6 +151,13 @@ class _GatedResidualBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.skip(h) + self.residual(h) * torch.sigmoid(self.gate(c))
+
+
+def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` with its initial weights drawn from ``seed``; the global torch generator is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 class ConditionalFlow(nn.Module):
