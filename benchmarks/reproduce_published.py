@@ -140,6 +140,11 @@ def markdown(rows: list[dict]) -> str:
             f"{ok[0]['cycles'] if ok else ''} | {stat('rmse')} | {pub.get('rmse', '')} | {stat('crps')} | "
             f"{stat('energy_score')} | {pub.get('energy_score', '')} | {stat('seconds_per_analysis')} | "
             f"{pub.get('seconds_per_analysis', '')} |")
+    ran = {(r["setting"], NAMES.get(r["filter"]), str(r.get("steps") or "")) for r in rows if "error" not in r}
+    missing = [f"{p['setting']} {p['filter']} S={p['euler_steps']}" for p in published_rows()
+               if p["euler_steps"] and (p["setting"], p["filter"], p["euler_steps"]) not in ran]
+    if missing:
+        lines += ["", f"Published rows with no run of ours yet ({len(missing)}): " + "; ".join(missing) + "."]
     failed = [r for r in rows if "error" in r]
     if failed:
         lines += ["", "Diverged runs: " + "; ".join(f"{r['setting']} {r['filter']} seed {r['seed']}: {r['error']}"
