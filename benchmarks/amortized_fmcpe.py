@@ -1,8 +1,10 @@
 """FMCPE against plain FMPE and a calibration-only flow on misspecified tasks; L96 calibration.
 
-1. Shifted Gaussian (analytic real-data posterior): C2ST against the true posterior of FMPE (trained on
-   simulations), a flow trained on the calibration pairs (theta, y) alone, and FMCPE, for calibration
-   sets of 10 to 1000 triples; plus the error of FMCPE's Monte Carlo ``log_prob`` versus K = 512.
+1. Shifted Gaussian tasks (analytic real-data posterior): C2ST against the true posterior of FMPE
+   (trained on simulations), a flow trained on the calibration pairs (theta, y) alone, and FMCPE, for
+   calibration sets of 10 to 1000 triples; on ``y`` of two numbers (one measurement of a 2-d theta) and
+   of twenty (ten repeated measurements); the spread of FMCPE's carried observations against the true
+   spread of p(x | y); and the error of FMCPE's Monte Carlo ``log_prob`` versus K = 512.
 2. Lorenz-96 (forcing F and damping c from a short noisy trajectory): expected coverage of central
    marginal intervals and posterior-mean RMSE, for FMPE on simulator data (a calibration check) and,
    on the perturbed "real" system, for FMPE, the calibration-only flow and FMCPE.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -22,11 +25,17 @@ import torch
 
 from enff.amortized import (FMCPE, FMPE, EmbeddingConfig, NetworkConfig, SolverConfig, TrainingConfig, c2st,
                             expected_coverage)
+from enff.amortized.fmcpe import small_set_training
 from enff.amortized.tasks import Lorenz96Task, ShiftedGaussianTask
 
 RESULTS = Path(__file__).parent / "results"
 LEVELS = torch.tensor([0.5, 0.8, 0.95])
-SMALL = TrainingConfig(batch_size=64, validation_fraction=0.2, patience=60, max_epochs=3000, progress=False)
+TASKS = {"gaussian": ShiftedGaussianTask(), "repeated": ShiftedGaussianTask(noise=1.0, repeats=10)}
+
+
+def small(n_cal):
+    """Training settings of both stage-two methods (patience counted in gradient steps)."""
+    return small_set_training(n_cal, progress=False)
 
 
 def timed(fn):
@@ -35,35 +44,49 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def gaussian_study(cal_sizes, n_test, n_samples):
-    task = ShiftedGaussianTask()
+def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob):
+    task = TASKS[name]
     gen = torch.Generator().manual_seed(0)
     theta = torch.randn((5000, task.dim), generator=gen)
     stage, train_s = timed(lambda: FMPE(task.prior, training=TrainingConfig(progress=False),
                                         time_prior_exponent=0.0).fit(theta, task.simulate(theta, gen)))
     theta_test = torch.randn((n_test, task.dim), generator=gen)
     y_test = task.simulate(theta_test, gen, real=True)
-    truth = task.true_posterior(y_test).sample((n_samples,))
+    true_post = task.true_posterior(y_test)
+    truth = sample_truth(true_post, n_samples)
+    true_x_std = float((true_post.variance + task.noise**2).sqrt().mean())
 
     def score(post):
         s = post.sample(n_samples, y_test, generator=torch.Generator().manual_seed(5))
-        return sum(c2st(s[:, i], truth[:, i]) for i in range(n_test)) / n_test
+        return {"c2st": sum(c2st(s[:, i], truth[:, i]) for i in range(n_test)) / n_test,
+                "posterior_std": float(s.std(dim=0).mean()), "true_posterior_std": float(true_post.stddev.mean())}
 
-    rows = [{"method": "fmpe", "n_cal": 0, "c2st": score(stage), "train_s": train_s}]
+    rows = [{"task": name, "method": "fmpe", "n_cal": 0, **score(stage), "train_s": train_s}]
     print(json.dumps(rows[-1]), flush=True)
+    log_prob_rows = []
     for n_cal in cal_sizes:
         cal_gen = torch.Generator().manual_seed(1000 + n_cal)
         tc = torch.randn((n_cal, task.dim), generator=cal_gen)
         xc, yc = task.simulate(tc, cal_gen), task.simulate(tc, cal_gen, real=True)
         only, only_s = timed(lambda: FMPE(task.prior, network=NetworkConfig(hidden_features=(64, 64, 64)),
-                                          training=SMALL, time_prior_exponent=0.0).fit(tc, yc))
-        corrected, cpe_s = timed(lambda: FMCPE(stage).fit(tc, xc, yc))
-        for name, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
-            rows.append({"method": name, "n_cal": n_cal, "c2st": score(post), "train_s": seconds})
+                                          training=small(n_cal), time_prior_exponent=0.0, seed=n_cal).fit(tc, yc))
+        corrected, cpe_s = timed(lambda: FMCPE(stage, training=small(n_cal), seed=n_cal).fit(tc, xc, yc))
+        for method, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
+            rows.append({"task": name, "method": method, "n_cal": n_cal, **score(post), "train_s": seconds})
+            if method == "fmcpe":
+                carried = corrected.carry(y_test.repeat(n_samples, 1), torch.Generator().manual_seed(6))
+                carried = carried.reshape(n_samples, n_test, task.x_dim)
+                rows[-1].update(carried_x_std=float(carried.std(dim=0).mean()), true_x_std=true_x_std)
             print(json.dumps(rows[-1]), flush=True)
-        if n_cal == min(cal_sizes, key=lambda n: abs(n - 100)):
+        if with_log_prob and n_cal == min(cal_sizes, key=lambda n: abs(n - 100)):
             log_prob_rows = log_prob_error(corrected, task, y_test[:1], n_cal)
     return rows, log_prob_rows
+
+
+def sample_truth(post, n):
+    """Seeded draws of the analytic posterior ``(n, batch, d)``."""
+    eps = torch.randn((n, *post.mean.shape), generator=torch.Generator().manual_seed(7))
+    return post.mean + post.stddev * eps
 
 
 def log_prob_error(post, task, y, n_cal):
@@ -114,30 +137,49 @@ def l96_study(n_sims, cal_sizes, n_test, n_samples):
         tc = task.sample_prior(n_cal, cal_gen)
         xc, yc = task.simulate(tc, cal_gen), task.simulate(tc, cal_gen, real=True)
         small_net = NetworkConfig(hidden_features=(64, 64, 64), embedding=network.embedding)
-        only, only_s = timed(lambda: FMPE(task.prior, network=small_net, training=SMALL, solver=solver,
-                                          time_prior_exponent=0.0).fit(tc, yc))
-        corrected, cpe_s = timed(lambda: FMCPE(stage, network=small_net, solver=solver).fit(tc, xc, yc))
+        only, only_s = timed(lambda: FMPE(task.prior, network=small_net, training=small(n_cal), solver=solver,
+                                          time_prior_exponent=0.0, seed=n_cal).fit(tc, yc))
+        corrected, cpe_s = timed(lambda: FMCPE(stage, network=small_net, solver=solver, training=small(n_cal),
+                                               seed=n_cal).fit(tc, xc, yc))
         for name, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
             rows.append({"method": name, "data": "real", "n_cal": n_cal, "train_s": seconds, **evaluate(post, "real")})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
+TITLES = {"gaussian": "Shifted Gaussian (d = 2, one measurement, noise 0.3; x and y of 2 numbers)",
+          "repeated": "Shifted Gaussian with repeated measurements (d = 2, 10 measurements of noise 1.0; "
+                      "x and y of 20 numbers)"}
+
+
 def markdown(result):
     meta = result["meta"]
     lines = [f"# FMCPE versus FMPE and a calibration-only flow ({meta['machine']}, torch threads {meta['threads']})",
-             "", "## Shifted Gaussian (d = 2): C2ST against the analytic real-data posterior", "",
-             f"Mean over {meta['n_test']} real observations, {meta['n_samples']} samples per side. FMPE: 5000 "
-             "simulations. Calibration-only: FMPE trained on the (theta, y) calibration pairs alone.", "",
-             "| calibration pairs | FMPE | calibration-only | FMCPE |", "|---|---|---|---|"]
-    g = result["gaussian"]
-    fmpe = next(r["c2st"] for r in g if r["method"] == "fmpe")
-    for n in sorted({r["n_cal"] for r in g if r["n_cal"]}):
-        only = next(r["c2st"] for r in g if r["n_cal"] == n and r["method"] == "calibration_only")
-        cpe = next(r["c2st"] for r in g if r["n_cal"] == n and r["method"] == "fmcpe")
-        lines.append(f"| {n} | {fmpe:.3f} | {only:.3f} | {cpe:.3f} |")
-    lines += ["", "### FMCPE log_prob: Monte Carlo estimate with K carried observations vs K = 512 "
-              f"({result['log_prob'][0]['n_cal']} calibration pairs, 50 corrected samples of one observation)", "",
+             "", f"Load average (1 min) at start {meta['load_start']:.2f}, at end {meta['load_end']:.2f}; "
+             f"wall time {meta['wall_s']:.0f} s. Misspecification of both Gaussian tasks: real y = 1.5 theta + 0.5 "
+             "+ noise, simulator x = theta + noise. FMCPE settings: "
+             f"`{meta['fmcpe_settings']}`.", ""]
+    for name in result["tasks"]:
+        g = [r for r in result["gaussian"] if r["task"] == name]
+        lines += [f"## {TITLES[name]}: C2ST against the analytic real-data posterior", "",
+                  f"Mean over {meta['n_test']} real observations, {meta['n_samples']} samples per side (0.5 is "
+                  "perfect). FMPE: 5000 simulations. Calibration-only: FMPE trained on the (theta, y) calibration "
+                  "pairs alone. In brackets: mean posterior standard deviation (true: "
+                  f"{g[0]['true_posterior_std']:.3f}). Carried x std: spread of FMCPE's carried observations "
+                  f"T_y(y) against the true spread of p(x | y), {g[-1].get('true_x_std', float('nan')):.3f}.", "",
+                  "| calibration pairs | FMPE | calibration-only | FMCPE | best | carried x std |",
+                  "|---|---|---|---|---|---|"]
+        fmpe = next(r for r in g if r["method"] == "fmpe")
+        for n in sorted({r["n_cal"] for r in g if r["n_cal"]}):
+            only = next(r for r in g if r["n_cal"] == n and r["method"] == "calibration_only")
+            cpe = next(r for r in g if r["n_cal"] == n and r["method"] == "fmcpe")
+            best = min((fmpe, only, cpe), key=lambda r: r["c2st"])["method"]
+            cells = [f"{r['c2st']:.3f} ({r['posterior_std']:.3f})" for r in (fmpe, only, cpe)]
+            lines.append(f"| {n} | {' | '.join(cells)} | {best} | {cpe['carried_x_std']:.3f} |")
+        lines.append("")
+    lines += ["### FMCPE log_prob: Monte Carlo estimate with K carried observations vs K = 512 "
+              f"({result['log_prob'][0]['n_cal']} calibration pairs, 50 corrected samples of one observation, "
+              f"{result['tasks'][0]} task)", "",
               "| K | mean error | std of error | seconds per 50 points |", "|---|---|---|---|"]
     for r in result["log_prob"]:
         if "mean_error" in r:
@@ -148,8 +190,8 @@ def markdown(result):
                          "(the FMCPE approximation error plus the estimator's).")
     lines += ["", "## Lorenz-96 (8 sites, infer forcing F and damping c; 10 noisy observation times)", "",
               f"Expected coverage of central marginal credible intervals (F, c) at levels "
-              f"{[round(float(v), 2) for v in LEVELS]} and RMSE of the posterior mean, over {meta['n_test']} test pairs, "
-              f"{meta['n_samples']} samples each. FMPE trained on {meta['l96_sims']} simulations.", "",
+              f"{[round(float(v), 2) for v in LEVELS]} and RMSE of the posterior mean, over {meta['l96_test']} test pairs, "
+              f"{meta['l96_samples']} samples each. FMPE trained on {meta['l96_sims']} simulations.", "",
               "| method | data | calibration pairs | coverage 0.50 | coverage 0.80 | coverage 0.95 | RMSE F | RMSE c |",
               "|---|---|---|---|---|---|---|---|"]
     for r in result["l96"]:
@@ -162,19 +204,32 @@ def markdown(result):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cal-sizes", nargs="+", type=int, default=[10, 30, 100, 300, 1000])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["gaussian", "repeated"])
     parser.add_argument("--l96-cal-sizes", nargs="+", type=int, default=[30, 300])
     parser.add_argument("--l96-sims", type=int, default=10000)
-    parser.add_argument("--n-test", type=int, default=5)
+    parser.add_argument("--n-test", type=int, default=10)
     parser.add_argument("--l96-test", type=int, default=200)
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    gaussian, log_prob = gaussian_study(args.cal_sizes, args.n_test, args.n_samples)
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    gaussian, log_prob = [], []
+    partial = RESULTS / "amortized_fmcpe.partial.json"
+    for i, name in enumerate(args.tasks):
+        rows, lp = gaussian_study(name, args.cal_sizes, args.n_test, args.n_samples, with_log_prob=i == 0)
+        gaussian += rows
+        log_prob = log_prob or lp
+        partial.write_text(json.dumps({"gaussian": gaussian, "log_prob": log_prob}, indent=1))
     l96 = l96_study(args.l96_sims, args.l96_cal_sizes, args.l96_test, 500)
+    partial.unlink(missing_ok=True)
     meta = {"machine": f"{platform.machine()}, 2 shared cores, no GPU", "threads": torch.get_num_threads(),
-            "n_test": args.n_test, "n_samples": args.n_samples, "l96_sims": args.l96_sims, "torch": torch.__version__}
-    result = {"meta": meta, "gaussian": gaussian, "log_prob": log_prob, "l96": l96}
+            "n_test": args.n_test, "n_samples": args.n_samples, "l96_sims": args.l96_sims, "l96_test": args.l96_test, "l96_samples": 500, "torch": torch.__version__,
+            "load_start": load_start, "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start,
+            "fmcpe_settings": "FMCPE(stage, training=small_set_training(n_cal)) defaults: observation_source="
+                              "'affine', source_noise=0.3, parameter_source='carried', "
+                              "condition='summary', n_summary=64, n_source=32"}
+    result = {"meta": meta, "tasks": args.tasks, "gaussian": gaussian, "log_prob": log_prob, "l96": l96}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "amortized_fmcpe.json").write_text(json.dumps(result, indent=1))
     (RESULTS / "amortized_fmcpe.md").write_text(markdown(result))

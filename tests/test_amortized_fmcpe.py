@@ -6,7 +6,7 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 from enff.amortized import FMCPE, FMPE, NetworkConfig, Posterior, SolverConfig, TrainingConfig
-from enff.amortized.fmcpe import MIN_CALIBRATION
+from enff.amortized.fmcpe import MIN_CALIBRATION, small_set_training, source_map
 from enff.amortized.tasks import ShiftedGaussianTask
 
 TASK = ShiftedGaussianTask(dim=1, noise=0.3, scale=1.5, shift=0.8)
@@ -74,3 +74,59 @@ def test_bad_calibration_input(fitted):
         estimator.fit(torch.zeros(10, 1), torch.zeros(10, 1), y)
     with pytest.raises(TypeError, match="FMPEPosterior"):
         FMCPE(object())
+
+
+def test_affine_source_recovers_a_linear_gaussian_p_x_given_y():
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randn((4000, 3), generator=gen)
+    x = torch.tensor([0.5, -1.0, 2.0]) * y + torch.tensor([1.0, 0.0, -0.5]) \
+        + torch.tensor([0.1, 0.4, 1.0]) * torch.randn((4000, 3), generator=gen)
+    slope, intercept, spread = source_map(x, y, "affine", None)
+    assert torch.allclose(slope, torch.tensor([0.5, -1.0, 2.0]), atol=0.05)
+    assert torch.allclose(intercept, torch.tensor([1.0, 0.0, -0.5]), atol=0.05)
+    assert torch.allclose(spread, torch.tensor([0.1, 0.4, 1.0]), rtol=0.05)
+    slope, intercept, spread = source_map(x, y, "identity", 0.3)
+    assert torch.equal(slope, torch.ones(3)) and torch.equal(intercept, torch.zeros(3))
+    assert torch.equal(spread, torch.full((3,), 0.3))
+
+
+def test_small_set_training_counts_patience_in_steps():
+    tiny, large = small_set_training(10), small_set_training(1000)
+    assert tiny.patience == 600  # 8 training pairs: one step per epoch
+    assert large.patience == 60  # 800 training pairs, 12 steps per epoch: 60 epochs already exceed 600 steps
+    assert tiny.max_epochs >= 3000
+
+
+def test_repeated_measurement_posterior_matches_gaussian_conditioning():
+    task = ShiftedGaussianTask(dim=2, noise=0.7, scale=1.3, shift=0.2, repeats=4)
+    gen = torch.Generator().manual_seed(5)
+    theta = torch.randn((3, 2), generator=gen)
+    y = task.simulate(theta, gen, real=True)
+    assert y.shape == (3, 8)
+    # Joint Gaussian of (theta, y): y = A theta + shift + noise, A stacks scale * I four times.
+    a = task.scale * torch.eye(2).repeat(4, 1)
+    cov_yy = a @ a.T + task.noise**2 * torch.eye(8)
+    gain = a.T @ torch.linalg.inv(cov_yy)
+    mean = (gain @ (y - task.shift).T).T
+    cov = torch.eye(2) - gain @ a
+    post = task.true_posterior(y)
+    assert torch.allclose(post.mean, mean, atol=1e-5)
+    assert torch.allclose(post.covariance_matrix[0], cov, atol=1e-5)
+
+
+@pytest.mark.parametrize("settings", [{"condition": "data", "parameter_source": "simulated",
+                                       "observation_source": "identity", "source_noise": 0.1}])
+def test_published_variant_runs_and_roundtrips(fitted, settings, tmp_path):
+    stage, _ = fitted
+    gen = torch.Generator().manual_seed(6)
+    tc = torch.randn((40, 1), generator=gen)
+    post = FMCPE(stage, network=NetworkConfig(hidden_features=(16,)), solver=FAST, n_source=4,
+                 training=TrainingConfig(max_epochs=5, progress=False), **settings).fit(
+        tc, TASK.simulate(tc, gen), TASK.simulate(tc, gen, real=True))
+    y = torch.tensor([[0.3], [-0.5]])
+    post.save(tmp_path / "p.pt")
+    a = post.sample(10, y, generator=torch.Generator().manual_seed(1))
+    b = Posterior.load(tmp_path / "p.pt").sample(10, y, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (10, 2, 1) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="condition"):
+        FMCPE(stage, condition="other")

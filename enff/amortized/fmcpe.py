@@ -2,23 +2,37 @@
 
 Stage one is an :class:`~enff.amortized.fmpe.FMPEPosterior` ``q(theta | x)`` trained on abundant
 simulations. Stage two learns from a small calibration set of triples ``(theta_i, x_i, y_i)`` — a
-parameter, a simulation for it and a real observation for it — two flows at once (one summed loss,
-one optimiser, one early stopping):
+parameter, a simulation for it and a real observation for it — two flows:
 
-* the observation flow ``T_y`` carries ``y + source_noise * eps`` to the simulator's data space, a
-  draw of ``p(x | y)`` (trained on the coupling path ``y_i -> x_i``, conditioned on ``y_i``);
-* the parameter flow ``S_y`` carries stage-one samples ``theta_0 ~ q(. | x)`` to ``theta``,
-  conditioned on ``y`` (trained on the coupling path ``theta_0 -> theta_i`` with ``theta_0`` drawn
-  from ``q(. | x_i)``: ``x_i`` is an exact draw of ``p(x | y_i)``, the law ``T_y`` learns, so the
-  training source equals the sampling source once ``T_y`` is learned).
+* the observation flow ``T_y`` carries a source ``a * y + b + s * eps`` to the simulator's data space, a
+  draw of ``p(x | y)`` (trained on the coupling path ``source_i -> x_i``). ``a, b`` are a per-dimension
+  least-squares fit of ``x`` on ``y`` over the calibration set (the published source is ``a = 1, b = 0``);
+* the parameter flow ``S_y`` carries stage-one samples ``theta_0 ~ q(. | x~)`` to ``theta`` (trained on
+  the coupling path ``theta_0 -> theta_i``).
 
-Sampling chains ``x~ = T_y(y + noise)``, ``theta_0 ~ q(. | x~)``, ``theta = S_y(theta_0)``, so the
+Sampling chains ``x~ = T_y(source)``, ``theta_0 ~ q(. | x~)``, ``theta = S_y(theta_0)``, so the
 correction needs no model of the misspecification. Both flows work in stage one's z-scored units.
+
+Two departures from the published method (Ruhlmann et al. train both flows jointly, draw the training
+``theta_0`` from ``q(. | x_i)`` and condition on ``y``), each switchable back:
+
+* ``parameter_source="carried"``: ``T_y`` is trained first and the parameter flow's training sources
+  are ``theta_0 ~ q(. | T_y(y_i))``, the very law the sampler feeds it. The published scheme is only
+  consistent once ``T_y`` has learned ``p(x | y)`` exactly; with ten to a few hundred pairs it has not
+  (with a narrow source its draws are too narrow, and the corrected posterior is overconfident).
+  Trained on carried sources the parameter flow corrects whatever ``T_y`` does, so ``T_y`` becomes a
+  device for building an informative source, and its spread (``source_noise``) a tuning choice.
+* ``condition="summary"``: both flows see stage one's reading of ``y`` — the mean and log standard
+  deviation of ``q(. | y)`` — instead of ``y`` itself. Stage one has learned which features of the data
+  inform ``theta``; a flow conditioned on ``2 d`` numbers can be fitted on a handful of pairs, one
+  conditioned on a long ``y`` cannot (the reason a calibration-only flow fails on small sets). The
+  price: information in ``y`` that stage one ignores (a feature of the real data the simulator never
+  varies) is lost to the correction; ``condition="data"`` keeps it.
 
 ``log_prob`` (an addition to the published, sampling-only method) uses the change of variables along
 ``S_y`` and a Monte Carlo average over carried observations for the source density:
 
-    log p(theta | y) ≈ log (1/K sum_k q(theta_0 | x~_k)) - integral_0^1 div v_S dt,   x~_k = T_y(y + noise_k).
+    log p(theta | y) ≈ log (1/K sum_k q(theta_0 | x~_k)) - integral_0^1 div v_S dt,   x~_k = T_y(source_k).
 
 The average is unbiased for the source density, so the log is biased low by Jensen's inequality
 (about ``var / (2 K mean^2)``); the benchmarks measure the error against ``K = 512``.
@@ -26,21 +40,20 @@ The average is unbiased for the source density, so the log is biased low by Jens
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch import nn
 
 from .divergence import flow_log_prob
 from .flow_matching import coupling_path, flow_matching_loss, sample_time
 from .fmpe import FMPEPosterior
-from .networks import ConditionalFlow, NetworkConfig
+from .networks import ConditionalFlow, EmbeddingConfig, NetworkConfig, seeded_init
 from .ode import SolverConfig, integrate
 from .posterior import Posterior, check_pairs, check_rows, new_generator, sample_in_support
 from .training import TrainingConfig, TrainingHistory, train
 
-__all__ = ["FMCPE", "FMCPEPosterior", "MIN_CALIBRATION"]
+__all__ = ["FMCPE", "FMCPEPosterior", "MIN_CALIBRATION", "small_set_training"]
 
 #: Smallest calibration set accepted: a validation pair and a few training pairs.
 MIN_CALIBRATION = 5
@@ -57,13 +70,30 @@ class FMCPE:
     network:
         Architecture of both stage-two flows (each has its own embedding of ``y``).
     training:
-        Optimisation of the stage-two flows (small sets: small batches, a larger validation share).
+        Optimisation of each stage-two flow; ``None``: :func:`small_set_training` for the calibration size.
     solver:
         ODE solver of the stage-two flows and of the stage-one draws it makes.
     sigma_min:
         Noise on the coupling paths, z-scored units.
     source_noise:
-        Standard deviation (z-scored units) of the noise added to ``y`` at the start of ``T_y``.
+        Standard deviation (z-scored units) of the noise in the source of ``T_y``; ``None`` uses the
+        residual spread of the affine fit (see :func:`source_map`). With ``parameter_source="carried"``
+        any value gives a consistent estimator (the parameter flow is trained on what the sampler
+        feeds it); a narrow source makes the stage-one draws, and so the parameter flow's source, tighter.
+    observation_source:
+        ``"affine"`` starts ``T_y`` at a per-dimension least-squares fit of ``x`` on ``y`` plus noise;
+        ``"identity"`` at ``y`` plus noise (the published choice).
+    parameter_source:
+        ``"carried"`` trains the parameter flow on ``theta_0 ~ q(. | T_y(y_i))``, the source the sampler
+        uses (the two flows are then trained one after the other); ``"simulated"`` on
+        ``theta_0 ~ q(. | x_i)`` (published).
+    condition:
+        What both flows are conditioned on: ``"data"``, the real observation ``y`` (published); or
+        ``"summary"``, stage one's reading of ``y``: the mean and log standard deviation of ``q(. | y)``
+        (z-scored, ``2 d`` numbers from ``n_summary`` draws), a learned low-dimensional statistic that a
+        small calibration set can fit a flow on where it cannot fit an embedding of a long ``y``.
+    n_summary:
+        Stage-one draws per observation for the summary.
     n_source:
         Stage-one draws ``theta_0 ~ q(. | x_i)`` stored per calibration pair for training.
     n_monte_carlo:
@@ -71,16 +101,19 @@ class FMCPE:
     time_prior_exponent:
         Power-law time prior exponent for both flows.
     seed:
-        Seed of the stage-two training generator.
+        Seed of the stage-two training generator and of the flows' initial weights.
     """
 
     posterior: FMPEPosterior
     network: NetworkConfig = field(default_factory=lambda: NetworkConfig(hidden_features=(64, 64, 64)))
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
-        batch_size=64, validation_fraction=0.2, patience=60, max_epochs=3000))
+    training: TrainingConfig | None = None
     solver: SolverConfig = field(default_factory=lambda: SolverConfig(n_steps=20))
     sigma_min: float = 0.05
-    source_noise: float = 0.1
+    source_noise: float | None = 0.3
+    observation_source: str = "affine"
+    parameter_source: str = "carried"
+    condition: str = "summary"
+    n_summary: int = 64
     n_source: int = 32
     n_monte_carlo: int = 64
     time_prior_exponent: float = 0.0
@@ -89,8 +122,16 @@ class FMCPE:
     def __post_init__(self) -> None:
         if not isinstance(self.posterior, FMPEPosterior):
             raise TypeError(f"posterior must be an FMPEPosterior (stage one), got {type(self.posterior).__name__}")
-        if self.sigma_min < 0 or self.source_noise < 0:
+        if self.sigma_min < 0 or (self.source_noise is not None and self.source_noise < 0):
             raise ValueError(f"sigma_min and source_noise must be >= 0, got {self.sigma_min!r}, {self.source_noise!r}")
+        if self.observation_source not in ("affine", "identity"):
+            raise ValueError(f"observation_source must be 'affine' or 'identity', got {self.observation_source!r}")
+        if self.condition not in ("summary", "data"):
+            raise ValueError(f"condition must be 'summary' or 'data', got {self.condition!r}")
+        if self.n_summary < 2:
+            raise ValueError(f"n_summary must be >= 2, got {self.n_summary!r}")
+        if self.parameter_source not in ("carried", "simulated"):
+            raise ValueError(f"parameter_source must be 'carried' or 'simulated', got {self.parameter_source!r}")
         if self.n_source < 1 or self.n_monte_carlo < 1:
             raise ValueError(f"n_source and n_monte_carlo must be >= 1, got {self.n_source!r}, {self.n_monte_carlo!r}")
 
@@ -116,42 +157,131 @@ class FMCPE:
         generator = torch.Generator(device=theta.device).manual_seed(self.seed)
         z_theta = stage.theta_scaler.forward(theta.float())
         z_x, z_y = stage.x_scaler.forward(x.float()), stage.x_scaler.forward(y.float())
+        slope, intercept, spread = source_map(z_x, z_y, self.observation_source, self.source_noise)
+        reader = Reader(self.condition, self.n_summary)
+        context = reader(stage, y.float())
+        network = self.network if self.condition == "data" else replace(self.network, embedding=EmbeddingConfig())
+        observation = seeded_init(self.seed, lambda: ConditionalFlow(stage.x_dim, context.shape[1], network))
+        parameter = seeded_init(self.seed + 1, lambda: ConditionalFlow(stage.theta_dim, context.shape[1], network))
+        observation, parameter = observation.to(theta.device), parameter.to(theta.device)
+
+        def path_loss(flow: ConditionalFlow, source: torch.Tensor, target: torch.Tensor, idx: torch.Tensor,
+                      gen: torch.Generator) -> torch.Tensor:
+            t = sample_time(len(idx), self.time_prior_exponent, gen, device=idx.device)
+            noise = torch.randn(target.shape, generator=gen, device=idx.device)
+            z_t, u = coupling_path(target, source, t, self.sigma_min, noise)
+            e = flow.embed(context[idx])
+            return flow_matching_loss(lambda z, s: flow(z, s, e), z_t, t, u)
+
+        def observation_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            eps = torch.randn(z_y[idx].shape, generator=gen, device=idx.device)
+            return path_loss(observation, slope * z_y[idx] + intercept + spread * eps, z_x[idx], idx, gen)
+
+        config = self.training or small_set_training(n)
+        history = train(observation, observation_loss, n, config, generator)
+        observation.eval()
+        # Stage-one draws for the parameter flow: from the simulations x_i (the published scheme) or from
+        # observations carried by the trained T_y (the law the sampler uses, whatever T_y has learned).
         with torch.no_grad():
-            bank = stage.sample_rows(x.float().repeat(self.n_source, 1), generator, self.solver)
+            if self.parameter_source == "carried":
+                z_c = _carry(observation, z_y.repeat(self.n_source, 1), context.repeat(self.n_source, 1),
+                             slope, intercept, spread, generator, self.solver)
+                conditions = stage.x_scaler.inverse(z_c)
+            else:
+                conditions = x.float().repeat(self.n_source, 1)
+            bank = stage.sample_rows(conditions, generator, self.solver, reject=False)
         bank = stage.theta_scaler.forward(bank).reshape(self.n_source, n, stage.theta_dim)
-        flows = nn.ModuleDict({"observation": ConditionalFlow(stage.x_dim, stage.x_dim, self.network),
-                               "parameter": ConditionalFlow(stage.theta_dim, stage.x_dim, self.network)}).to(theta.device)
 
-        def loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            total = torch.zeros((), device=z_y.device)
+        def parameter_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             pick = torch.randint(0, self.n_source, (len(idx),), generator=gen, device=idx.device)
-            start = z_y[idx] + self.source_noise * torch.randn(z_y[idx].shape, generator=gen, device=idx.device)
-            sources = {"observation": start,
-                       "parameter": bank[pick, idx]}
-            targets = {"observation": z_x[idx], "parameter": z_theta[idx]}
-            for name, flow in flows.items():
-                e = flow.embed(z_y[idx])
-                t = sample_time(len(idx), self.time_prior_exponent, gen, device=idx.device)
-                noise = torch.randn(targets[name].shape, generator=gen, device=idx.device)
-                z_t, u = coupling_path(targets[name], sources[name], t, self.sigma_min, noise)
-                total = total + flow_matching_loss(lambda z, s: flow(z, s, e), z_t, t, u)
-            return total
+            return path_loss(parameter, bank[pick, idx], z_theta[idx], idx, gen)
 
-        history = train(flows, loss, n, self.training, generator)
-        return FMCPEPosterior(stage, flows["observation"], flows["parameter"], self.network, self.solver,
-                              self.source_noise, self.n_monte_carlo, history, repr(self))
+        history_parameter = train(parameter, parameter_loss, n, config, generator)
+        return FMCPEPosterior(stage, observation, parameter, network, self.solver,
+                              (slope, intercept, spread), self.n_monte_carlo, reader,
+                              {"observation": history, "parameter": history_parameter}, repr(self))
+
+
+def small_set_training(n: int, *, batch_size: int = 64, validation_fraction: float = 0.2,
+                       patience_steps: int = 600, max_steps: int = 30000, **kwargs: Any) -> TrainingConfig:
+    """Training settings for ``n`` examples with patience and length counted in gradient steps, not epochs.
+
+    A set of ten pairs gives one step per epoch, so a patience of a fixed number of epochs stops a
+    small set after a few dozen steps; here the patience is ``patience_steps`` steps (at least 60 epochs).
+    """
+    n_train = n - max(1, round(validation_fraction * n))
+    steps = max(1, n_train // min(batch_size, max(n_train, 1)))
+    return TrainingConfig(batch_size=batch_size, validation_fraction=validation_fraction,
+                          patience=max(60, -(-patience_steps // steps)), max_epochs=max(3000, max_steps // steps),
+                          **kwargs)
+
+
+def source_map(z_x: torch.Tensor, z_y: torch.Tensor, kind: str, noise: float | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Slope, intercept and spread (each ``(x_dim,)``) of the observation flow's source ``slope * y + b + spread * eps``.
+
+    ``"affine"``: per-dimension least squares of ``z_x`` on ``z_y`` over the calibration set, with the
+    residual standard deviation as the spread, i.e. a diagonal linear-Gaussian model of ``p(x | y)`` that
+    the flow then corrects. ``"identity"``: the published source ``y + noise * eps``. A given ``noise``
+    replaces the estimated spread.
+    """
+    n, dim = z_x.shape
+    if kind == "identity":
+        slope, intercept = torch.ones(dim, device=z_x.device), torch.zeros(dim, device=z_x.device)
+        spread = (z_x - z_y).std(dim=0) if noise is None else None
+    else:
+        my, mx = z_y.mean(dim=0), z_x.mean(dim=0)
+        var = ((z_y - my) ** 2).mean(dim=0)
+        slope = ((z_y - my) * (z_x - mx)).mean(dim=0) / var.clamp_min(1e-8)
+        intercept = mx - slope * my
+        resid = z_x - slope * z_y - intercept
+        spread = (resid.pow(2).sum(dim=0) / max(n - 2, 1)).sqrt()
+    if noise is not None:
+        spread = torch.full((dim,), float(noise), device=z_x.device)
+    return slope, intercept, spread
+
+
+@dataclass(frozen=True)
+class Reader:
+    """The flows' conditioning vector for real observations: ``z_y`` (``"data"``) or stage one's summary."""
+
+    condition: str = "data"
+    n_summary: int = 64
+    seed: int = 0
+
+    @torch.no_grad()
+    def __call__(self, stage: FMPEPosterior, y: torch.Tensor) -> torch.Tensor:
+        """Context rows ``(rows, c)`` for the rows of ``y`` ``(rows, x_dim)`` (raw units)."""
+        if self.condition == "data":
+            return stage.x_scaler.forward(y.float())
+        unique, inverse = torch.unique(y.float(), dim=0, return_inverse=True)
+        gen = torch.Generator(device=y.device).manual_seed(self.seed)
+        draws = stage.sample_rows(unique.repeat(self.n_summary, 1), gen, reject=False)
+        z = stage.theta_scaler.forward(draws).reshape(self.n_summary, unique.shape[0], stage.theta_dim)
+        summary = torch.cat([z.mean(dim=0), z.std(dim=0).clamp_min(1e-6).log()], dim=1)
+        return summary[inverse]
+
+
+def _carry(flow: ConditionalFlow, z_y: torch.Tensor, context: torch.Tensor, slope: torch.Tensor, intercept: torch.Tensor,
+           spread: torch.Tensor, generator: torch.Generator, solver: SolverConfig) -> torch.Tensor:
+    """One draw of ``T_y`` per row of ``z_y`` (z-scored units in and out)."""
+    start = slope * z_y + intercept + spread * torch.randn(z_y.shape, generator=generator, device=z_y.device)
+    e = flow.embed(context)
+    return integrate(FMCPEPosterior._field(flow, e), start, 0.0, 1.0, solver).state
 
 
 class FMCPEPosterior(Posterior):
     """Posterior corrected by :class:`FMCPE`; conditions on real observations ``y`` (passed as ``x``)."""
 
     def __init__(self, stage_one: FMPEPosterior, observation_flow: ConditionalFlow, parameter_flow: ConditionalFlow,
-                 network: NetworkConfig, solver: SolverConfig, source_noise: float, n_monte_carlo: int,
-                 history: TrainingHistory | None = None, estimator: str = "") -> None:
+                 network: NetworkConfig, solver: SolverConfig,
+                 source: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_monte_carlo: int,
+                 reader: Reader | None = None, history: dict[str, TrainingHistory] | None = None, estimator: str = "") -> None:
         self.stage_one = stage_one
         self.observation_flow, self.parameter_flow = observation_flow.eval(), parameter_flow.eval()
         self.network, self.solver = network, solver
-        self.source_noise, self.n_monte_carlo = source_noise, n_monte_carlo
+        self.source, self.n_monte_carlo = tuple(source), n_monte_carlo
+        self.reader = reader or Reader()
         self.history, self.estimator = history, estimator
         self.prior = stage_one.prior
         self.theta_dim, self.x_dim = stage_one.theta_dim, stage_one.x_dim
@@ -163,20 +293,26 @@ class FMCPEPosterior(Posterior):
     def _field(flow: ConditionalFlow, e: torch.Tensor):
         return lambda t, z: flow(z, torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device), e)
 
+    def context(self, y: torch.Tensor) -> torch.Tensor:
+        """The flows' conditioning rows for real observations ``y`` ``(rows, x_dim)``."""
+        return self.reader(self.stage_one, y)
+
     @torch.no_grad()
-    def carry(self, y: torch.Tensor, generator: torch.Generator, solver: SolverConfig | None = None) -> torch.Tensor:
+    def carry(self, y: torch.Tensor, generator: torch.Generator, solver: SolverConfig | None = None,
+              context: torch.Tensor | None = None) -> torch.Tensor:
         """Carry each row of ``y`` ``(rows, x_dim)`` into simulator space: one draw ``x~`` per row, same shape."""
         z_y = self.stage_one.x_scaler.forward(y.float())
-        start = z_y + self.source_noise * torch.randn(z_y.shape, generator=generator, device=z_y.device)
-        flow = self.observation_flow
-        z_x = integrate(self._field(flow, flow.embed(z_y)), start, 0.0, 1.0, solver or self.solver).state
+        context = self.context(y) if context is None else context
+        z_x = _carry(self.observation_flow, z_y, context, *self.source, generator, solver or self.solver)
         return self.stage_one.x_scaler.inverse(z_x)
 
     def sample(self, n: int, x: torch.Tensor, *, generator: torch.Generator | None = None,
                solver: SolverConfig | None = None, reject: bool = True) -> torch.Tensor:
         """Draw ``n`` corrected samples for each real observation in ``x`` ``(batch, x_dim)``; returns ``(n, batch, d)``.
 
-        ``reject=False`` keeps samples outside the prior support, at both stages.
+        Stage-one draws are never rejected (the parameter flow was trained on unrejected draws, and a
+        carried observation far from the simulations can put almost all of ``q`` outside a bounded
+        prior); ``reject=False`` also keeps corrected samples outside the prior support.
         """
         check_rows("x", x, self.x_dim)
         if int(n) < 1:
@@ -184,12 +320,14 @@ class FMCPEPosterior(Posterior):
         gen = new_generator(generator, x.device)
         solver = solver or self.solver
         rows = x.float().repeat(int(n), 1)
+        context = self.context(x).repeat(int(n), 1)
         with torch.no_grad():
-            e = self.parameter_flow.embed(self.stage_one.x_scaler.forward(rows))
+            e = self.parameter_flow.embed(context)
 
         @torch.no_grad()
         def draw(index: torch.Tensor) -> torch.Tensor:
-            theta0 = self.stage_one.sample_rows(self.carry(rows[index], gen, solver), gen, solver, reject)
+            carried = self.carry(rows[index], gen, solver, context[index])
+            theta0 = self.stage_one.sample_rows(carried, gen, solver, reject=False)
             z0 = self.stage_one.theta_scaler.forward(theta0)
             z1 = integrate(self._field(self.parameter_flow, e[index]), z0, 0.0, 1.0, solver).state
             return self.stage_one.theta_scaler.inverse(z1)
@@ -216,7 +354,8 @@ class FMCPEPosterior(Posterior):
         if not bool(inside.any()):
             return out.reshape(shape)
         y_in = y_rows[inside].float()
-        carried = self.carry(y_in.repeat(k, 1), gen, solver)
+        context = self.context(y_in)
+        carried = self.carry(y_in.repeat(k, 1), gen, solver, context.repeat(k, 1))
 
         def source_log_prob(z0: torch.Tensor) -> torch.Tensor:
             theta0 = scaler.inverse(z0).repeat(k, 1)
@@ -224,7 +363,7 @@ class FMCPEPosterior(Posterior):
             return torch.logsumexp(logq, dim=0) - torch.log(torch.tensor(float(k))) - scaler.log_abs_det()
 
         with torch.no_grad():
-            e = self.parameter_flow.embed(stage.x_scaler.forward(y_in))
+            e = self.parameter_flow.embed(context)
         logp, _ = flow_log_prob(self._field(self.parameter_flow, e), scaler.forward(theta_rows[inside].float()),
                                 solver, hutchinson=self.theta_dim > stage.hutchinson_above, generator=gen,
                                 base_log_prob=source_log_prob)
@@ -234,7 +373,8 @@ class FMCPEPosterior(Posterior):
     def _payload(self) -> dict[str, Any]:
         return {"stage_one": self.stage_one._payload(), "observation_flow": self.observation_flow.state_dict(),
                 "parameter_flow": self.parameter_flow.state_dict(), "network": self.network, "solver": self.solver,
-                "source_noise": self.source_noise, "n_monte_carlo": self.n_monte_carlo, "history": self.history,
+                "source": self.source, "n_monte_carlo": self.n_monte_carlo,
+                "reader": self.reader, "history": self.history,
                 "estimator": self.estimator}
 
     @classmethod
@@ -242,8 +382,9 @@ class FMCPEPosterior(Posterior):
         stage = FMPEPosterior._from_payload(payload["stage_one"])
         flows = []
         for name, dim in (("observation_flow", stage.x_dim), ("parameter_flow", stage.theta_dim)):
-            flow = ConditionalFlow(dim, stage.x_dim, payload["network"])
+            context = stage.x_dim if payload["reader"].condition == "data" else 2 * stage.theta_dim
+            flow = ConditionalFlow(dim, context, payload["network"])
             flow.load_state_dict(payload[name])
             flows.append(flow)
-        return cls(stage, *flows, payload["network"], payload["solver"], payload["source_noise"],
-                   payload["n_monte_carlo"], payload["history"], payload["estimator"])
+        return cls(stage, *flows, payload["network"], payload["solver"], payload["source"],
+                   payload["n_monte_carlo"], payload["reader"], payload["history"], payload["estimator"])

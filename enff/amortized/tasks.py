@@ -196,20 +196,35 @@ class Lorenz96Task:
 class ShiftedGaussianTask:
     """A linear-Gaussian task whose real data come from a different model, with analytic posteriors.
 
-    Prior ``theta ~ N(0, I_d)``. Simulator ``x = theta + noise * eps``. Real system
-    ``y = scale * theta + shift + noise * eps``. The real-data posterior ``p(theta | y)`` is Gaussian
-    with covariance ``(1 + scale^2 / noise^2)^-1 I`` and mean ``cov * scale * (y - shift) / noise^2``.
+    Prior ``theta ~ N(0, I_d)``. Each observation holds ``repeats`` noisy measurements of ``theta``
+    (``x_dim = repeats * d``, repeat-major). Simulator ``x_r = theta + noise * eps_r``. Real system
+    ``y_r = scale * theta + shift + noise * eps_r``. The real-data posterior ``p(theta | y)`` is Gaussian
+    with covariance ``(1 + repeats * scale^2 / noise^2)^-1 I`` and mean
+    ``cov * scale * sum_r (y_r - shift) / noise^2``.
 
     Attributes
     ----------
     dim, noise, scale, shift:
         Dimension, observation noise std, gain and offset of the real system.
+    repeats:
+        Measurements per observation.
     """
 
     dim: int = 2
     noise: float = 0.3
     scale: float = 1.5
     shift: float = 0.5
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.repeats < 1 or not self.noise > 0:
+            raise ValueError(f"dim and repeats must be >= 1 and noise > 0, got {self.dim!r}, {self.repeats!r}, "
+                             f"{self.noise!r}")
+
+    @property
+    def x_dim(self) -> int:
+        """Length of one data vector."""
+        return self.dim * self.repeats
 
     @property
     def prior(self) -> Distribution:
@@ -217,12 +232,14 @@ class ShiftedGaussianTask:
         return MultivariateNormal(torch.zeros(self.dim), torch.eye(self.dim))
 
     def simulate(self, theta: torch.Tensor, generator: torch.Generator, *, real: bool = False) -> torch.Tensor:
-        """Simulated (``real=False``) or real observations for each row of ``theta``, shape ``(batch, dim)``."""
-        eps = self.noise * torch.randn(theta.shape, generator=generator, dtype=theta.dtype)
-        return self.scale * theta + self.shift + eps if real else theta + eps
+        """Simulated (``real=False``) or real observations for each row of ``theta``, shape ``(batch, x_dim)``."""
+        signal = theta.repeat(1, self.repeats)
+        eps = self.noise * torch.randn(signal.shape, generator=generator, dtype=theta.dtype)
+        return self.scale * signal + self.shift + eps if real else signal + eps
 
     def true_posterior(self, y: torch.Tensor) -> MultivariateNormal:
-        """Real-data posterior ``p(theta | y)`` for ``y`` of shape ``(batch, dim)`` (batch shape ``(batch,)``)."""
-        var = 1.0 / (1.0 + self.scale**2 / self.noise**2)
-        mean = var * self.scale * (y - self.shift) / self.noise**2
+        """Real-data posterior ``p(theta | y)`` for ``y`` of shape ``(batch, x_dim)`` (batch shape ``(batch,)``)."""
+        var = 1.0 / (1.0 + self.repeats * self.scale**2 / self.noise**2)
+        total = (y - self.shift).reshape(y.shape[0], self.repeats, self.dim).sum(dim=1)
+        mean = var * self.scale * total / self.noise**2
         return MultivariateNormal(mean, var * torch.eye(self.dim, dtype=y.dtype))
