@@ -36,7 +36,7 @@ def ours(prior, theta, x, seed):
     small = theta.shape[0] <= 2000
     training = (TrainingConfig(batch_size=64, patience=30, max_epochs=2000, progress=False) if small else
                 TrainingConfig(batch_size=512, learning_rate=2e-3, patience=30, max_epochs=2000, progress=False))
-    est = FMPE(prior, network=NetworkConfig(hidden_features=(96,) * 5), training=training, time_prior_exponent=0.0,
+    est = FMPE(prior, network=NetworkConfig(hidden_features=(64,) * 5), training=training, time_prior_exponent=1.0,
                solver=SAMPLING_SOLVER, seed=seed)
     start = time.perf_counter()
     post = est.fit(theta, x)
