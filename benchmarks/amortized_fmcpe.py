@@ -15,6 +15,7 @@ Writes ``benchmarks/results/amortized_fmcpe.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -223,12 +224,15 @@ def main() -> None:
         partial.write_text(json.dumps({"gaussian": gaussian, "log_prob": log_prob}, indent=1))
     l96 = l96_study(args.l96_sims, args.l96_cal_sizes, args.l96_test, 500)
     partial.unlink(missing_ok=True)
+    defaults = {f.name: f.default for f in dataclasses.fields(FMCPE)
+                if f.name in ("observation_source", "source_noise", "parameter_source", "condition", "n_summary",
+                              "n_source")}
     meta = {"machine": f"{platform.machine()}, 2 shared cores, no GPU", "threads": torch.get_num_threads(),
-            "n_test": args.n_test, "n_samples": args.n_samples, "l96_sims": args.l96_sims, "l96_test": args.l96_test, "l96_samples": 500, "torch": torch.__version__,
-            "load_start": load_start, "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start,
-            "fmcpe_settings": "FMCPE(stage, training=small_set_training(n_cal)) defaults: observation_source="
-                              "'affine', source_noise=0.3, parameter_source='carried', "
-                              "condition='summary', n_summary=64, n_source=32"}
+            "n_test": args.n_test, "n_samples": args.n_samples, "l96_sims": args.l96_sims, "l96_test": args.l96_test,
+            "l96_samples": 500, "torch": torch.__version__, "load_start": load_start,
+            "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start,
+            "fmcpe_settings": "FMCPE(stage, training=small_set_training(n_cal)) defaults: "
+                              + ", ".join(f"{k}={v!r}" for k, v in defaults.items())}
     result = {"meta": meta, "tasks": args.tasks, "gaussian": gaussian, "log_prob": log_prob, "l96": l96}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "amortized_fmcpe.json").write_text(json.dumps(result, indent=1))

@@ -210,7 +210,7 @@ def small_set_training(n: int, *, batch_size: int = 64, validation_fraction: flo
     small set after a few dozen steps; here the patience is ``patience_steps`` steps (at least 60 epochs).
     """
     n_train = n - max(1, round(validation_fraction * n))
-    steps = max(1, n_train // min(batch_size, max(n_train, 1)))
+    steps = max(1, n_train // batch_size)  # gradient steps per epoch (a set smaller than a batch takes one)
     return TrainingConfig(batch_size=batch_size, validation_fraction=validation_fraction,
                           patience=max(60, -(-patience_steps // steps)), max_epochs=max(3000, max_steps // steps),
                           **kwargs)
@@ -228,7 +228,7 @@ def source_map(z_x: torch.Tensor, z_y: torch.Tensor, kind: str, noise: float | N
     n, dim = z_x.shape
     if kind == "identity":
         slope, intercept = torch.ones(dim, device=z_x.device), torch.zeros(dim, device=z_x.device)
-        spread = (z_x - z_y).std(dim=0) if noise is None else None
+        spread = (z_x - z_y).std(dim=0)
     else:
         my, mx = z_y.mean(dim=0), z_x.mean(dim=0)
         var = ((z_y - my) ** 2).mean(dim=0)

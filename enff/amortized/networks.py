@@ -15,7 +15,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["EmbeddingConfig", "NetworkConfig", "ConditionalFlow", "PeriodicConvEmbedding", "build_embedding", "seeded_init"]
+__all__ = ["EmbeddingConfig", "NetworkConfig", "ConditionalFlow", "PeriodicConvEmbedding", "build_embedding",
+           "seeded_init"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh}
 

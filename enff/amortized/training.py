@@ -132,7 +132,8 @@ def train(module: nn.Module, loss: BatchLoss, n_examples: int, config: TrainingC
         history.n_steps += n_batches
         module.eval()
         with torch.no_grad():
-            val = float(loss(val_idx.repeat(config.validation_repeats), torch.Generator(device=device).manual_seed(val_seed)))
+            val_gen = torch.Generator(device=device).manual_seed(val_seed)
+            val = float(loss(val_idx.repeat(config.validation_repeats), val_gen))
         history.train_loss.append(total / n_batches)
         history.validation_loss.append(val)
         scheduler.step(val)
