@@ -164,6 +164,8 @@ def main() -> None:
                         help="only merge the rows of these result JSON files into --name and rewrite the summary")
     parser.add_argument("--published-grid", action="store_true",
                         help="run every published (S, hyper-parameter) row of each setting and filter")
+    parser.add_argument("--steps", nargs="+", type=int, default=None,
+                        help="with --published-grid: only the rows with these step counts S")
     args = parser.parse_args()
     previous = RESULTS / f"{args.name}.json"
     rows: list[dict] = []
@@ -182,6 +184,8 @@ def main() -> None:
         for setting in args.settings:
             for filter_name in args.filters:
                 grid = published_overrides(setting, filter_name) if args.published_grid else [[]]
+                if args.published_grid and args.steps is not None:
+                    grid = [sets for sets in grid if int(sets[0].split("=")[1]) in args.steps]
                 for extra in grid:
                     overrides = [*extra, *args.overrides]
                     for seed in args.seeds:

@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--outdir", type=Path, default=None, help="folder for the PNGs (default: beside the file)")
 
     sub.add_parser("cases", help="list the shipped cases")
+
+    learn = sub.add_parser("learn", help="train a learned analysis (filter 'learned') from twin-experiment run files")
+    learn.add_argument("files", type=Path, nargs="+", help="run files with truth (any filter's runs)")
+    learn.add_argument("--out", type=Path, required=True, help="posterior file to write")
+    learn.add_argument("--burn-in", type=int, default=0, help="cycles left out at the start of each file")
+    learn.add_argument("--max-epochs", type=int, default=500, help="upper bound on training epochs")
+    learn.add_argument("--seed", type=int, default=0, help="seed of the weights, split and batches")
+    learn.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -123,10 +131,33 @@ def _cmd_cases(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from enff.amortized import FMPE, TrainingConfig
+    from enff.amortized.analysis import analysis_training_set, state_prior
+
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        return _fail(f"no such run file: {', '.join(missing)}")
+    try:
+        theta, context = analysis_training_set(args.files, burn_in=args.burn_in)
+        training = TrainingConfig(max_epochs=args.max_epochs, progress=False if args.quiet else None)
+        posterior = FMPE(state_prior(theta), training=training, seed=args.seed).fit(theta, context)
+    except (ValueError, KeyError, OSError) as err:
+        return _fail(str(err))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    posterior.save(args.out)
+    history = posterior.history
+    print(f"wrote {args.out}: state of {theta.shape[1]} values, context of {context.shape[1]}, "
+          f"{theta.shape[0]} pairs, {len(history.validation_loss)} epochs, best validation loss "
+          f"{min(history.validation_loss):.4g}; use it with: enff run CASE --filter learned "
+          f"--set filter.posterior='\"{args.out}\"'")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``enff`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    handler = {"run": _cmd_run, "score": _cmd_score, "plot": _cmd_plot, "cases": _cmd_cases}[args.command]
+    handler = {"run": _cmd_run, "score": _cmd_score, "plot": _cmd_plot, "cases": _cmd_cases, "learn": _cmd_learn}[args.command]
     return handler(args)
 
 

@@ -7,6 +7,7 @@ from .ensemble_score import EnSF
 from .etkf import ETKF
 from .free import FreeRun
 from .inflation import multiplicative_inflation, rtps
+from .learned import LearnedAnalysis
 from .letkf import LETKF
 from .particle import BootstrapPF
 
@@ -21,6 +22,7 @@ __all__ = [
     "Filter",
     "FreeRun",
     "LETKF",
+    "LearnedAnalysis",
     "filter_names",
     "get_filter",
     "multiplicative_inflation",
