@@ -45,7 +45,9 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob):
+def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob, replicates=1):
+    """Rows per calibration size and replicate; replicate ``r`` draws its own calibration set and seeds
+    (replicate 0 keeps the seeds of the single-replicate runs)."""
     task = TASKS[name]
     gen = torch.Generator().manual_seed(0)
     theta = torch.randn((5000, task.dim), generator=gen)
@@ -65,21 +67,23 @@ def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob):
     rows = [{"task": name, "method": "fmpe", "n_cal": 0, **score(stage), "train_s": train_s}]
     print(json.dumps(rows[-1]), flush=True)
     log_prob_rows = []
-    for n_cal in cal_sizes:
-        cal_gen = torch.Generator().manual_seed(1000 + n_cal)
+    for n_cal, rep in ((n, r) for n in cal_sizes for r in range(replicates)):
+        cal_gen = torch.Generator().manual_seed(1000 + n_cal + 7919 * rep)
+        seed = n_cal + 100_003 * rep
         tc = torch.randn((n_cal, task.dim), generator=cal_gen)
         xc, yc = task.simulate(tc, cal_gen), task.simulate(tc, cal_gen, real=True)
         only, only_s = timed(lambda: FMPE(task.prior, network=NetworkConfig(hidden_features=(64, 64, 64)),
-                                          training=small(n_cal), time_prior_exponent=0.0, seed=n_cal).fit(tc, yc))
-        corrected, cpe_s = timed(lambda: FMCPE(stage, training=small(n_cal), seed=n_cal).fit(tc, xc, yc))
+                                          training=small(n_cal), time_prior_exponent=0.0, seed=seed).fit(tc, yc))
+        corrected, cpe_s = timed(lambda: FMCPE(stage, training=small(n_cal), seed=seed).fit(tc, xc, yc))
         for method, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
-            rows.append({"task": name, "method": method, "n_cal": n_cal, **score(post), "train_s": seconds})
+            rows.append({"task": name, "method": method, "n_cal": n_cal, "replicate": rep, **score(post),
+                         "train_s": seconds})
             if method == "fmcpe":
                 carried = corrected.carry(y_test.repeat(n_samples, 1), torch.Generator().manual_seed(6))
                 carried = carried.reshape(n_samples, n_test, task.x_dim)
                 rows[-1].update(carried_x_std=float(carried.std(dim=0).mean()), true_x_std=true_x_std)
             print(json.dumps(rows[-1]), flush=True)
-        if with_log_prob and n_cal == min(cal_sizes, key=lambda n: abs(n - 100)):
+        if with_log_prob and rep == 0 and n_cal == min(cal_sizes, key=lambda n: abs(n - 100)):
             log_prob_rows = log_prob_error(corrected, task, y_test[:1], n_cal)
     return rows, log_prob_rows
 
@@ -153,6 +157,19 @@ TITLES = {"gaussian": "Shifted Gaussian (d = 2, one measurement, noise 0.3; x an
                       "x and y of 20 numbers)"}
 
 
+def _mean(rows, key):
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def _cell(rows):
+    """Mean C2ST (± std over replicates when there are several) and, in brackets, mean posterior std."""
+    spread = ""
+    if len(rows) > 1:
+        mean = _mean(rows, "c2st")
+        spread = f" ± {(sum((r['c2st'] - mean) ** 2 for r in rows) / len(rows)) ** 0.5:.3f}"
+    return f"{_mean(rows, 'c2st'):.3f}{spread} ({_mean(rows, 'posterior_std'):.3f})"
+
+
 def markdown(result):
     meta = result["meta"]
     lines = [f"# FMCPE versus FMPE and a calibration-only flow ({meta['machine']}, torch threads {meta['threads']})",
@@ -164,20 +181,24 @@ def markdown(result):
         g = [r for r in result["gaussian"] if r["task"] == name]
         lines += [f"## {TITLES[name]}: C2ST against the analytic real-data posterior", "",
                   f"Mean over {meta['n_test']} real observations, {meta['n_samples']} samples per side (0.5 is "
-                  "perfect). FMPE: 5000 simulations. Calibration-only: FMPE trained on the (theta, y) calibration "
+                  f"perfect); {meta.get('replicates', 1)} replicate(s) per size (own calibration set and seeds; "
+                  "mean ± std over replicates). FMPE: 5000 simulations. Calibration-only: FMPE trained on the (theta, y) calibration "
                   "pairs alone. In brackets: mean posterior standard deviation (true: "
                   f"{g[0]['true_posterior_std']:.3f}). Carried x std: spread of FMCPE's carried observations "
                   f"T_y(y) against the true spread of p(x | y), {g[-1].get('true_x_std', float('nan')):.3f}.", "",
-                  "| calibration pairs | FMPE | calibration-only | FMCPE | best | carried x std |",
-                  "|---|---|---|---|---|---|"]
+                  "| calibration pairs | FMPE | calibration-only | FMCPE | best | FMCPE below calibration-only | "
+                  "carried x std |", "|---|---|---|---|---|---|---|"]
         fmpe = next(r for r in g if r["method"] == "fmpe")
         for n in sorted({r["n_cal"] for r in g if r["n_cal"]}):
-            only = next(r for r in g if r["n_cal"] == n and r["method"] == "calibration_only")
-            cpe = next(r for r in g if r["n_cal"] == n and r["method"] == "fmcpe")
-            best = min((fmpe, only, cpe), key=lambda r: r["c2st"])["method"]
-            cells = [f"{r['c2st']:.3f} ({r['posterior_std']:.3f})" for r in (fmpe, only, cpe)]
-            lines.append(f"| {n} | {' | '.join(cells)} | {best} | {cpe['carried_x_std']:.3f} |")
+            only = [r for r in g if r["n_cal"] == n and r["method"] == "calibration_only"]
+            cpe = [r for r in g if r["n_cal"] == n and r["method"] == "fmcpe"]
+            means = {"fmpe": fmpe["c2st"], "calibration_only": _mean(only, "c2st"), "fmcpe": _mean(cpe, "c2st")}
+            wins = sum(c["c2st"] < o["c2st"] for c, o in zip(cpe, only))
+            lines.append(f"| {n} | {_cell([fmpe])} | {_cell(only)} | {_cell(cpe)} | {min(means, key=means.get)} | "
+                         f"{wins} of {len(cpe)} | {_mean(cpe, 'carried_x_std'):.3f} |")
         lines.append("")
+    if not result["log_prob"]:
+        return "\n".join(lines) + "\n"
     lines += ["### FMCPE log_prob: Monte Carlo estimate with K carried observations vs K = 512 "
               f"({result['log_prob'][0]['n_cal']} calibration pairs, 50 corrected samples of one observation, "
               f"{result['tasks'][0]} task)", "",
@@ -189,6 +210,8 @@ def markdown(result):
             lines.append(f"\nK = 512 estimate minus the true real-data posterior log-density at those points: "
                          f"mean {r['mean_minus_true_posterior']:+.3f}, std {r['std_minus_true_posterior']:.3f} "
                          "(the FMCPE approximation error plus the estimator's).")
+    if not result["l96"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "## Lorenz-96 (8 sites, infer forcing F and damping c; 10 noisy observation times)", "",
               f"Expected coverage of central marginal credible intervals (F, c) at levels "
               f"{[round(float(v), 2) for v in LEVELS]} and RMSE of the posterior mean, over {meta['l96_test']} test pairs, "
@@ -212,31 +235,37 @@ def main() -> None:
     parser.add_argument("--l96-test", type=int, default=200)
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--replicates", type=int, default=1,
+                        help="calibration sets (and seeds) per size on the Gaussian tasks")
+    parser.add_argument("--no-l96", action="store_true", help="skip the Lorenz-96 study")
+    parser.add_argument("--no-log-prob", action="store_true", help="skip the log_prob error study")
+    parser.add_argument("--name", default="amortized_fmcpe", help="result file stem under results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     gaussian, log_prob = [], []
-    partial = RESULTS / "amortized_fmcpe.partial.json"
+    partial = RESULTS / f"{args.name}.partial.json"
     for i, name in enumerate(args.tasks):
-        rows, lp = gaussian_study(name, args.cal_sizes, args.n_test, args.n_samples, with_log_prob=i == 0)
+        rows, lp = gaussian_study(name, args.cal_sizes, args.n_test, args.n_samples,
+                                  with_log_prob=i == 0 and not args.no_log_prob, replicates=args.replicates)
         gaussian += rows
         log_prob = log_prob or lp
         partial.write_text(json.dumps({"gaussian": gaussian, "log_prob": log_prob}, indent=1))
-    l96 = l96_study(args.l96_sims, args.l96_cal_sizes, args.l96_test, 500)
+    l96 = [] if args.no_l96 else l96_study(args.l96_sims, args.l96_cal_sizes, args.l96_test, 500)
     partial.unlink(missing_ok=True)
     defaults = {f.name: f.default for f in dataclasses.fields(FMCPE)
                 if f.name in ("observation_source", "source_noise", "parameter_source", "condition", "n_summary",
                               "n_source")}
     meta = {"machine": f"{platform.machine()}, 2 shared cores, no GPU", "threads": torch.get_num_threads(),
             "n_test": args.n_test, "n_samples": args.n_samples, "l96_sims": args.l96_sims, "l96_test": args.l96_test,
-            "l96_samples": 500, "torch": torch.__version__, "load_start": load_start,
+            "l96_samples": 500, "torch": torch.__version__, "replicates": args.replicates, "load_start": load_start,
             "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start,
             "fmcpe_settings": "FMCPE(stage, training=small_set_training(n_cal)) defaults: "
                               + ", ".join(f"{k}={v!r}" for k, v in defaults.items())}
     result = {"meta": meta, "tasks": args.tasks, "gaussian": gaussian, "log_prob": log_prob, "l96": l96}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "amortized_fmcpe.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "amortized_fmcpe.md").write_text(markdown(result))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":
