@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from enff.amortized import FMPE, TrainingConfig  # noqa: E402
-from enff.amortized.analysis import analysis_training_set, state_prior  # noqa: E402
+from enff.amortized import TrainingConfig  # noqa: E402
+from enff.amortized.analysis import analysis_training_set, fit_learned_analysis  # noqa: E402
 from enff.casefile import load_case  # noqa: E402
 from enff.cycle import run_case  # noqa: E402
 from enff.runfile import open_run  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
         for size in args.sizes:
             theta, context = analysis_training_set(train_files[:size], burn_in=args.burn_in)
             start = time.perf_counter()
-            posterior = FMPE(state_prior(theta), training=TrainingConfig(progress=False)).fit(theta, context)
+            posterior = fit_learned_analysis(theta, context, TrainingConfig(progress=False))
             label = f"learned ({size} ETKF runs)"
             trained.append({"filter": label, "pairs": int(theta.shape[0]), "seconds": time.perf_counter() - start,
                             "epochs": len(posterior.history.validation_loss)})

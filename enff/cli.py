@@ -132,8 +132,8 @@ def _cmd_cases(args: argparse.Namespace) -> int:
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
-    from enff.amortized import FMPE, TrainingConfig
-    from enff.amortized.analysis import analysis_training_set, state_prior
+    from enff.amortized import TrainingConfig
+    from enff.amortized.analysis import analysis_training_set, fit_learned_analysis
 
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
@@ -141,13 +141,13 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     try:
         theta, context = analysis_training_set(args.files, burn_in=args.burn_in)
         training = TrainingConfig(max_epochs=args.max_epochs, progress=False if args.quiet else None)
-        posterior = FMPE(state_prior(theta), training=training, seed=args.seed).fit(theta, context)
+        posterior = fit_learned_analysis(theta, context, training, seed=args.seed)
     except (ValueError, KeyError, OSError) as err:
         return _fail(str(err))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     posterior.save(args.out)
     history = posterior.history
-    print(f"wrote {args.out}: state of {theta.shape[1]} values, context of {context.shape[1]}, "
+    print(f"wrote {args.out}: state of {posterior.theta_dim} values, context of {posterior.x_dim}, "
           f"{theta.shape[0]} pairs, {len(history.validation_loss)} epochs, best validation loss "
           f"{min(history.validation_loss):.4g}; use it with: enff run CASE --filter learned "
           f"--set filter.posterior='\"{args.out}\"'")
@@ -157,7 +157,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``enff`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    handler = {"run": _cmd_run, "score": _cmd_score, "plot": _cmd_plot, "cases": _cmd_cases, "learn": _cmd_learn}[args.command]
+    handler = {"run": _cmd_run, "score": _cmd_score, "plot": _cmd_plot, "cases": _cmd_cases,
+               "learn": _cmd_learn}[args.command]
     return handler(args)
 
 

@@ -135,6 +135,8 @@ def test_training_set_from_run_files_and_a_cycling_run(tmp_path, capsys):
     assert main(["learn", *map(str, runs), "--burn-in", "50", "--max-epochs", "60", "--quiet",
                  "--out", str(tmp_path / "l63.pt")]) == 0
     assert "1900 pairs" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no complete cycles after a burn-in of 1000"):
+        analysis_training_set(runs, burn_in=1000)
     held_out = ["run.seed=0", "run.cycles=200"]
     learned = run_case(parse_case(L63_CASE, filter_name="learned",
                                   overrides=[*held_out, f"filter.posterior='{tmp_path / 'l63.pt'}'"]),

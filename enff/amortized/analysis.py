@@ -14,8 +14,8 @@ ensemble would be too wide; ``N`` draws from ``p(x | y, mean, spread)`` do not.
 
 Example
 -------
->>> theta, context = analysis_training_set(["etkf_seed1.nc", "etkf_seed2.nc"])
->>> posterior = FMPE(state_prior(theta)).fit(theta, context)
+>>> theta, context = analysis_training_set(["etkf_seed1.nc", "etkf_seed2.nc"], burn_in=100)
+>>> posterior = fit_learned_analysis(theta, context)
 >>> posterior.save("analysis.pt")                     # [filter] name = "learned", posterior = "analysis.pt"
 """
 
@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from torch.distributions import Distribution, Independent, Normal
 
-__all__ = ["analysis_context", "analysis_training_set", "state_prior"]
+from .fmpe import FMPE, FMPEPosterior
+from .training import TrainingConfig
+
+__all__ = ["analysis_context", "analysis_training_set", "fit_learned_analysis", "state_prior"]
 
 
 def analysis_context(y: torch.Tensor, forecast_mean: torch.Tensor, forecast_spread: torch.Tensor) -> torch.Tensor:
@@ -77,6 +80,8 @@ def analysis_training_set(paths: Sequence[str | Path], burn_in: int = 0) -> tupl
                 raise ValueError(f"{path}: no truth in this run file; learned analyses train on twin experiments")
             ds = ds.isel(time=slice(burn_in, None))
             n = ds.sizes["time"]
+            if n == 0:
+                raise ValueError(f"{path}: no complete cycles after a burn-in of {burn_in}")
 
             def rows(name: str) -> torch.Tensor:
                 return torch.as_tensor(np.asarray(ds[name].values, dtype=np.float32).reshape(n, -1))
@@ -95,3 +100,11 @@ def state_prior(theta: torch.Tensor, widen: float = 10.0) -> Distribution:
     rejected) and its dimension are used by the learned analysis. ``theta``: ``(n, d)``."""
     scale = theta.std(0).clamp_min(1e-6) * widen
     return Independent(Normal(theta.mean(0), scale), 1)
+
+
+def fit_learned_analysis(theta: torch.Tensor, context: torch.Tensor, training: TrainingConfig | None = None,
+                         seed: int = 0) -> FMPEPosterior:
+    """Train the learned analysis, an :class:`FMPE` posterior with the default network, on pairs from
+    :func:`analysis_training_set` (``theta`` ``(n, d)``, ``context`` ``(n, n_obs + 2 d)``); ``training``
+    defaults to ``TrainingConfig()``; ``seed`` seeds the weights, the split and the batches."""
+    return FMPE(state_prior(theta), training=training or TrainingConfig(), seed=seed).fit(theta, context)
