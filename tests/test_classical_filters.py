@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 
 import numpy as np
 import pytest
@@ -495,3 +496,52 @@ def test_localized_enkf_refuses_dense_tapers_that_do_not_fit(monkeypatch):
     with pytest.raises(ValueError, match="dense tapers of .* use the letkf filter"):
         EnKF(radius=4.0).analysis(forecast, torch.zeros(64, dtype=torch.float64), obs,
                                   generator=torch.Generator().manual_seed(1))
+
+
+# ---------------------------------------------------------------- adaptive observation error inflation
+
+
+@pytest.mark.parametrize("threshold", [1.0, 3.0])
+@pytest.mark.parametrize("name, hyper", [("etkf", {}), ("letkf", {"radius": math.inf})])
+def test_adaptive_obs_error_is_the_kalman_filter_with_the_inflated_error(name, hyper, threshold):
+    filt = get_filter(name, adaptive_obs_error=threshold, **hyper)
+    problem = linear_problem((5,), p=3, seed=4)
+    forecast = exact_ensemble(problem.mean, problem.cov, n=12, seed=3)
+    prior_var = np.einsum("pi,ij,pj->p", problem.matrix, problem.cov, problem.matrix)
+    problem.y = problem.matrix @ problem.mean + np.array([30.0, -0.1, 12.0]) * np.sqrt(prior_var + problem.std**2)
+    innovation = problem.y - problem.matrix @ problem.mean
+    inflated = dataclass_replace(problem, std=np.sqrt(np.maximum(problem.std**2,
+                                                                 innovation**2 / threshold**2 - prior_var)))
+    assert np.all(inflated.std[[0, 2]] > 5 * problem.std[[0, 2]])
+    assert inflated.std[1] == pytest.approx(problem.std[1])
+    diagnostics: dict[str, float] = {}
+    mean, cov = moments(run(filt, forecast, problem, diagnostics=diagnostics))
+    kf_mean, kf_cov = inflated.kalman()
+    np.testing.assert_allclose(mean, kf_mean, atol=1e-10, rtol=1e-10)
+    np.testing.assert_allclose(cov, kf_cov, atol=1e-10, rtol=1e-10)
+    assert diagnostics == {"inflated_obs": pytest.approx(2 / 3)}
+    assert filt.diagnostic_names == ("inflated_obs",) and ETKF().diagnostic_names == ()
+
+
+def test_adaptive_obs_error_bounds_the_increment_of_a_confident_wrong_ensemble():
+    # arctan observations, ensemble tightly around -5 while the truth is +5 (innovation of 55 error stds):
+    # the plain ETKF trusts the ensemble's linearisation of arctan and jumps by more than 10 prior spreads
+    # in one step; AOEI moves the mean towards the observation by less than one spread.
+    rng = np.random.default_rng(2)
+    forecast = -5.0 + 0.5 * rng.standard_normal((20, 1))
+    obs = space(ArcTan(), np.array([0.05]), ring(1))
+    y = torch.tensor([math.atan(5.0)], dtype=torch.float64)
+    x = torch.as_tensor(forecast)
+    plain = ETKF().analysis(x, y, obs, generator=torch.Generator())
+    adaptive = ETKF(adaptive_obs_error=1.0).analysis(x, y, obs, generator=torch.Generator())
+    spread = float(x.std())
+    assert float(plain.mean() - x.mean()) > 10 * spread
+    assert 0 < float(adaptive.mean() - x.mean()) < spread
+
+
+def test_adaptive_obs_error_rejects_bad_thresholds():
+    for bad in ("yes", True, -1.0, math.inf):
+        with pytest.raises(ValueError, match="adaptive_obs_error must be a threshold >= 0"):
+            ETKF(adaptive_obs_error=bad)
+    with pytest.raises(ValueError, match="belongs to the Kalman filters"):
+        BootstrapPF(adaptive_obs_error=1.0)

@@ -9,6 +9,7 @@ the precision ``A = (N - 1) I + S diag(w) S^T``, ``w`` the (optional) localizati
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ from enff.observations.space import ObservationSpace
 from .base import Filter
 from .inflation import check_inflation, check_rtps, multiplicative_inflation, rtps
 
-__all__ = ["EnsembleFilter", "ObservedEnsemble", "ensemble_precision", "observe", "square_root_update"]
+__all__ = ["EnsembleFilter", "ObservedEnsemble", "adaptive_error_inflation", "ensemble_precision", "observe",
+           "square_root_update"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,27 @@ def observe(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace) -> O
     std = obs.std.to(device=hx.device, dtype=hx.dtype)
     mean = hx.mean(dim=0)
     return ObservedEnsemble((hx - mean) / std, (y.to(device=hx.device, dtype=hx.dtype) - mean) / std)
+
+
+def adaptive_error_inflation(observed: ObservedEnsemble, threshold: float = 1.0
+                             ) -> tuple[ObservedEnsemble, torch.Tensor]:
+    """Adaptive observation error inflation (AOEI; Minamide and Zhang, 2017) of a scaled observed ensemble.
+
+    An observation whose innovation ``d`` exceeds ``threshold`` times its total std
+    ``sqrt(sigma_h^2 + s^2)`` (``sigma_h^2`` the ensemble variance of ``h(x)`` there, ``s`` its error std)
+    gets the error variance ``d^2 / threshold^2 - sigma_h^2``, just enough to bring it to ``threshold``;
+    ``threshold = 1`` is the published AOEI, ``max(s^2, d^2 - sigma_h^2)``. In the scaled units of
+    :class:`ObservedEnsemble` the error std is multiplied by ``f = sqrt(max(1, dy^2 / threshold^2 - var_j S))``
+    and both ``S`` and ``dy`` are divided by ``f``. An innovation far outside what the ensemble and the
+    error allow (an ensemble sure of the wrong value, or a nonlinear ``h`` whose slope the ensemble
+    misjudges) then gives a bounded increment instead of an extrapolation of ``h``.
+
+    Returns the inflated ensemble and ``f``, shape ``(n_obs,)``, ``>= 1``.
+    """
+    n = observed.anomalies.shape[0]
+    prior_variance = observed.anomalies.pow(2).sum(dim=0) / (n - 1)
+    factor = (observed.innovation.pow(2) / threshold**2 - prior_variance).clamp_min(1.0).sqrt()
+    return ObservedEnsemble(observed.anomalies / factor, observed.innovation / factor), factor
 
 
 def ensemble_precision(anomalies: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -167,14 +190,29 @@ class EnsembleFilter(Filter):
         Multiplicative factor on the forecast anomalies (1 = none).
     rtps:
         Relaxation-to-prior-spread factor in [0, 1] (0 = none); the prior is the inflated forecast.
+    adaptive_obs_error:
+        Threshold, in total standard deviations, above which an innovation gets its observation error
+        inflated (:func:`adaptive_error_inflation`; 1 is the published AOEI, 0 = off). The diagnostic
+        ``inflated_obs`` is the fraction of observations inflated in a cycle. Meant for nonlinear
+        observations (``atan``), where a confident ensemble on the wrong branch otherwise receives a huge
+        linearized increment.
     """
 
     inflation: float = 1.0
     rtps: float = 0.0
+    adaptive_obs_error: float = 0.0
 
     def __post_init__(self) -> None:
         check_inflation(self.inflation)
         check_rtps(self.rtps)
+        value = self.adaptive_obs_error
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"adaptive_obs_error must be a threshold >= 0 in standard deviations (0 = off), got {value!r}")
+
+    @property
+    def diagnostic_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        """``("inflated_obs",)`` with adaptive observation error inflation, else none."""
+        return ("inflated_obs",) if self.adaptive_obs_error else ()
 
     def analysis(
         self,
@@ -200,6 +238,10 @@ class EnsembleFilter(Filter):
             return self._unobserved(prior, diagnostics)
         y, obs = obs.observed(y)
         observed = observe(prior, y, obs)
+        if self.adaptive_obs_error:
+            observed, factor = adaptive_error_inflation(observed, self.adaptive_obs_error)
+            if diagnostics is not None:
+                diagnostics["inflated_obs"] = float((factor > 1.0).float().mean())
         members = prior.reshape(prior.shape[0], -1)
         updated = self._update(members, observed, obs, generator=generator, diagnostics=diagnostics)
         return rtps(prior, updated.reshape(forecast.shape), self.rtps)

@@ -222,6 +222,9 @@ class BootstrapPF(EnsembleFilter):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.adaptive_obs_error:
+            raise ValueError("adaptive_obs_error belongs to the Kalman filters (etkf, enkf, letkf); "
+                             "the particle filter weighs members by the stated observation error")
         for name in ("jitter", "regularization"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
