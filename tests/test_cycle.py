@@ -61,6 +61,16 @@ def test_run_file_layout(tmp_path, small_case_text):
     assert 0.7 < resid.std() < 1.3
 
 
+def test_instance_diagnostics_are_written_per_cycle(tmp_path, small_case_text):
+    # adaptive observation error inflation adds the diagnostic only when it is switched on
+    case = parse_case(small_case_text, filter_name="etkf", overrides=["filter.adaptive_obs_error=0.5"])
+    run_case(case, tmp_path / "aoei.nc", progress=False)
+    inflated = open_run(tmp_path / "aoei.nc")["diag_inflated_obs"].values
+    assert inflated.shape == (12,) and np.all((inflated >= 0) & (inflated <= 1)) and inflated.max() > 0
+    run_case(parse_case(small_case_text, filter_name="etkf"), tmp_path / "plain.nc", progress=False)
+    assert "diag_inflated_obs" not in open_run(tmp_path / "plain.nc")
+
+
 def test_divergence_stops_with_status_3_keeping_good_cycles(tmp_path, small_case_text, capsys):
     case_file = tmp_path / "nan.toml"
     case_file.write_text(small_case_text.replace('name = "none"', 'name = "test-nan-at-cycle-3"'))
