@@ -112,7 +112,10 @@ def log_prob_error(post, task, y, n_cal):
     return rows
 
 
-def l96_study(n_sims, cal_sizes, n_test, n_samples):
+def l96_study(n_sims, cal_sizes, n_test, n_samples, replicates=1):
+    """Rows of FMPE (simulator and real data) and, per calibration size and replicate (own calibration
+    set and seeds; replicate 0 keeps the seeds of the single-replicate runs), the calibration-only flow
+    and FMCPE on real data."""
     task = Lorenz96Task()
     gen = torch.Generator().manual_seed(0)
     theta = task.sample_prior(n_sims, gen)
@@ -137,17 +140,19 @@ def l96_study(n_sims, cal_sizes, n_test, n_samples):
             for kind in ("simulator", "real")]
     for row in rows:
         print(json.dumps(row), flush=True)
-    for n_cal in cal_sizes:
-        cal_gen = torch.Generator().manual_seed(2000 + n_cal)
+    for n_cal, rep in ((n, r) for n in cal_sizes for r in range(replicates)):
+        cal_gen = torch.Generator().manual_seed(2000 + n_cal + 7919 * rep)
+        seed = n_cal + 100_003 * rep
         tc = task.sample_prior(n_cal, cal_gen)
         xc, yc = task.simulate(tc, cal_gen), task.simulate(tc, cal_gen, real=True)
         small_net = NetworkConfig(hidden_features=(64, 64, 64), embedding=network.embedding)
         only, only_s = timed(lambda: FMPE(task.prior, network=small_net, training=small(n_cal), solver=solver,
-                                          time_prior_exponent=0.0, seed=n_cal).fit(tc, yc))
+                                          time_prior_exponent=0.0, seed=seed).fit(tc, yc))
         corrected, cpe_s = timed(lambda: FMCPE(stage, network=small_net, solver=solver, training=small(n_cal),
-                                               seed=n_cal).fit(tc, xc, yc))
+                                               seed=seed).fit(tc, xc, yc))
         for name, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
-            rows.append({"method": name, "data": "real", "n_cal": n_cal, "train_s": seconds, **evaluate(post, "real")})
+            rows.append({"method": name, "data": "real", "n_cal": n_cal, "replicate": rep, "train_s": seconds,
+                         **evaluate(post, "real")})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -168,6 +173,22 @@ def _cell(rows):
         mean = _mean(rows, "c2st")
         spread = f" ± {(sum((r['c2st'] - mean) ** 2 for r in rows) / len(rows)) ** 0.5:.3f}"
     return f"{_mean(rows, 'c2st'):.3f}{spread} ({_mean(rows, 'posterior_std'):.3f})"
+
+
+def log_prob_table(result):
+    """Markdown lines of the log_prob error study."""
+    lines = ["", "### FMCPE log_prob: Monte Carlo estimate with K carried observations vs K = 512 "
+              f"({result['log_prob'][0]['n_cal']} calibration pairs, 50 corrected samples of one observation, "
+              f"{result['tasks'][0]} task)", "",
+              "| K | mean error | std of error | seconds per 50 points |", "|---|---|---|---|"]
+    for r in result["log_prob"]:
+        if "mean_error" in r:
+            lines.append(f"| {r['K']} | {r['mean_error']:+.3f} | {r['std_error']:.3f} | {r['seconds_per_50']:.1f} |")
+        else:
+            lines.append(f"\nK = 512 estimate minus the true real-data posterior log-density at those points: "
+                         f"mean {r['mean_minus_true_posterior']:+.3f}, std {r['std_minus_true_posterior']:.3f} "
+                         "(the FMCPE approximation error plus the estimator's).")
+    return lines
 
 
 def markdown(result):
@@ -197,31 +218,20 @@ def markdown(result):
             lines.append(f"| {n} | {_cell([fmpe])} | {_cell(only)} | {_cell(cpe)} | {min(means, key=means.get)} | "
                          f"{wins} of {len(cpe)} | {_mean(cpe, 'carried_x_std'):.3f} |")
         lines.append("")
-    if not result["log_prob"]:
-        return "\n".join(lines) + "\n"
-    lines += ["### FMCPE log_prob: Monte Carlo estimate with K carried observations vs K = 512 "
-              f"({result['log_prob'][0]['n_cal']} calibration pairs, 50 corrected samples of one observation, "
-              f"{result['tasks'][0]} task)", "",
-              "| K | mean error | std of error | seconds per 50 points |", "|---|---|---|---|"]
-    for r in result["log_prob"]:
-        if "mean_error" in r:
-            lines.append(f"| {r['K']} | {r['mean_error']:+.3f} | {r['std_error']:.3f} | {r['seconds_per_50']:.1f} |")
-        else:
-            lines.append(f"\nK = 512 estimate minus the true real-data posterior log-density at those points: "
-                         f"mean {r['mean_minus_true_posterior']:+.3f}, std {r['std_minus_true_posterior']:.3f} "
-                         "(the FMCPE approximation error plus the estimator's).")
+    if result["log_prob"]:
+        lines += log_prob_table(result)
     if not result["l96"]:
         return "\n".join(lines) + "\n"
     lines += ["", "## Lorenz-96 (8 sites, infer forcing F and damping c; 10 noisy observation times)", "",
               f"Expected coverage of central marginal credible intervals (F, c) at levels "
               f"{[round(float(v), 2) for v in LEVELS]} and RMSE of the posterior mean, over {meta['l96_test']} test pairs, "
               f"{meta['l96_samples']} samples each. FMPE trained on {meta['l96_sims']} simulations.", "",
-              "| method | data | calibration pairs | coverage 0.50 | coverage 0.80 | coverage 0.95 | RMSE F | RMSE c |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | data | calibration pairs | replicate | coverage 0.50 | coverage 0.80 | coverage 0.95 | "
+              "RMSE F | RMSE c |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["l96"]:
         c = r["coverage"]
-        lines.append(f"| {r['method']} | {r['data']} | {r['n_cal']} | {c['0.50']} | {c['0.80']} | {c['0.95']} | "
-                     f"{r['rmse_F_c'][0]} | {r['rmse_F_c'][1]} |")
+        lines.append(f"| {r['method']} | {r['data']} | {r['n_cal']} | {r.get('replicate', '')} | {c['0.50']} | "
+                     f"{c['0.80']} | {c['0.95']} | {r['rmse_F_c'][0]} | {r['rmse_F_c'][1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +247,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--replicates", type=int, default=1,
                         help="calibration sets (and seeds) per size on the Gaussian tasks")
+    parser.add_argument("--l96-replicates", type=int, default=1, help="calibration sets (and seeds) per size on Lorenz-96")
+    parser.add_argument("--no-gaussian", action="store_true", help="skip the Gaussian tasks (and the log_prob study)")
     parser.add_argument("--no-l96", action="store_true", help="skip the Lorenz-96 study")
     parser.add_argument("--no-log-prob", action="store_true", help="skip the log_prob error study")
     parser.add_argument("--name", default="amortized_fmcpe", help="result file stem under results/")
@@ -245,13 +257,13 @@ def main() -> None:
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     gaussian, log_prob = [], []
     partial = RESULTS / f"{args.name}.partial.json"
-    for i, name in enumerate(args.tasks):
+    for i, name in enumerate([] if args.no_gaussian else args.tasks):
         rows, lp = gaussian_study(name, args.cal_sizes, args.n_test, args.n_samples,
                                   with_log_prob=i == 0 and not args.no_log_prob, replicates=args.replicates)
         gaussian += rows
         log_prob = log_prob or lp
         partial.write_text(json.dumps({"gaussian": gaussian, "log_prob": log_prob}, indent=1))
-    l96 = [] if args.no_l96 else l96_study(args.l96_sims, args.l96_cal_sizes, args.l96_test, 500)
+    l96 = [] if args.no_l96 else l96_study(args.l96_sims, args.l96_cal_sizes, args.l96_test, 500, args.l96_replicates)
     partial.unlink(missing_ok=True)
     defaults = {f.name: f.default for f in dataclasses.fields(FMCPE)
                 if f.name in ("observation_source", "source_noise", "parameter_source", "condition", "n_summary",
@@ -262,7 +274,7 @@ def main() -> None:
             "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start,
             "fmcpe_settings": "FMCPE(stage, training=small_set_training(n_cal)) defaults: "
                               + ", ".join(f"{k}={v!r}" for k, v in defaults.items())}
-    result = {"meta": meta, "tasks": args.tasks, "gaussian": gaussian, "log_prob": log_prob, "l96": l96}
+    result = {"meta": meta, "tasks": [] if args.no_gaussian else args.tasks, "gaussian": gaussian, "log_prob": log_prob, "l96": l96}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{args.name}.md").write_text(markdown(result))
