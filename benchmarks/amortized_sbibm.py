@@ -22,7 +22,7 @@ import torch
 
 from enff.amortized import FMPE, NetworkConfig, SolverConfig, TrainingConfig, c2st
 from enff.amortized.ode import integrate
-from enff.amortized.tasks import load_reference, sbibm_task
+from enff.amortized.tasks import SBIBM_TASKS, load_reference, sbibm_task
 
 RESULTS = Path(__file__).parent / "results"
 # Best classic NPE C2ST at 1e4 simulations in the sbibm study (Lueckmann et al. 2021), as quoted in issue 6.
@@ -94,7 +94,7 @@ def run_task(name, budgets, n_samples, methods, timing_repeats=1):
             row = {"task": name, "budget": budget, "method": method, "c2st_mean": sum(scores) / len(scores),
                    "c2st": scores, "train_s": train_s, "train_s_all": times[method],
                    "sample_s_per_obs": sample_s / len(refs),
-                   "sbibm_npe_c2st": SBIBM_NPE[name].get(budget)}
+                   "sbibm_npe_c2st": SBIBM_NPE.get(name, {}).get(budget)}
             print(json.dumps({k: v for k, v in row.items() if k != "c2st"}), flush=True)
             rows.append(row)
             if method == "enff" and budget == max(budgets) and name == "two_moons":
@@ -159,7 +159,7 @@ def markdown(rows, solver_rows, meta):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["two_moons", "gaussian_linear"])
+    parser.add_argument("--tasks", nargs="+", choices=SBIBM_TASKS, default=["two_moons", "gaussian_linear"])
     parser.add_argument("--budgets", nargs="+", type=int, default=[1000, 10000])
     parser.add_argument("--n-samples", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)

@@ -76,3 +76,23 @@ def test_coverage_of_exact_posterior_samples_is_nominal():
     levels = torch.tensor([0.2, 0.5, 0.9])
     assert torch.allclose(expected_coverage(samples, theta, levels), levels[:, None].expand(3, 2), atol=0.04)
     assert float(expected_coverage(samples * 0.3, theta, levels)[1].mean()) < 0.3  # overconfident -> undercovers
+
+
+def test_slcp_simulator_has_the_stated_gaussian_and_matches_sbibm():
+    task = sbibm_task("slcp")
+    theta = torch.tensor([[0.7, -1.2, 1.1, -0.8, 0.9]])
+    x = task.simulate(theta.expand(40000, 5), torch.Generator().manual_seed(2)).reshape(40000, 4, 2)
+    s1, s2, rho = 1.1**2, 0.8**2, math.tanh(0.9)
+    cov = torch.tensor([[s1 * s1, rho * s1 * s2], [rho * s1 * s2, s2 * s2]])
+    for draw in range(4):
+        torch.testing.assert_close(x[:, draw].mean(0), theta[0, :2], atol=0.03, rtol=0)
+        torch.testing.assert_close(torch.cov(x[:, draw].T), cov, atol=0.03, rtol=0.03)
+    assert abs(float(torch.corrcoef(torch.stack([x[:, 0, 0], x[:, 1, 0]]))[0, 1])) < 0.02  # draws independent
+    assert task.prior.support.check(task.sample_prior(1000, torch.Generator().manual_seed(3))).all()
+    sbibm = pytest.importorskip("sbibm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = sbibm.get_task("slcp").get_simulator()(theta.expand(40000, 5)).reshape(40000, 8).float()
+    ours = x.reshape(40000, 8)  # same layout: draw by draw, (first, second) within a draw
+    torch.testing.assert_close(ours.mean(0), theirs.mean(0), atol=0.04, rtol=0)
+    torch.testing.assert_close(torch.cov(ours.T), torch.cov(theirs.T), atol=0.04, rtol=0.04)

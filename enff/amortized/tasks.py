@@ -2,7 +2,7 @@
 
 The sbibm package ships ten observations and 10,000 reference posterior samples per observation for
 each task inside its wheel; :func:`load_reference` reads them offline. Its simulators draw from the
-global random state, so the two tasks used here are re-implemented as vectorised simulators with an
+global random state, so the three tasks used here are re-implemented as vectorised simulators with an
 explicit ``torch.Generator`` (definitions of Lueckmann et al. 2021, checked against sbibm in the tests).
 """
 
@@ -15,7 +15,11 @@ from typing import Literal
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Uniform
 
-__all__ = ["SBIBMTask", "Reference", "sbibm_task", "load_reference", "Lorenz96Task", "ShiftedGaussianTask"]
+__all__ = ["SBIBM_TASKS", "SBIBMTask", "Reference", "sbibm_task", "load_reference", "Lorenz96Task", "ShiftedGaussianTask"]
+
+
+#: The sbibm tasks with a simulator here.
+SBIBM_TASKS = ("two_moons", "gaussian_linear", "slcp")
 
 
 @dataclass(frozen=True)
@@ -41,26 +45,30 @@ class SBIBMTask:
     Attributes
     ----------
     name:
-        ``"two_moons"`` or ``"gaussian_linear"``.
+        One of :data:`SBIBM_TASKS`.
     """
 
-    name: Literal["two_moons", "gaussian_linear"]
+    name: Literal["two_moons", "gaussian_linear", "slcp"]
 
     def __post_init__(self) -> None:
-        if self.name not in ("two_moons", "gaussian_linear"):
-            raise ValueError(f"task name must be 'two_moons' or 'gaussian_linear', got {self.name!r}")
+        if self.name not in SBIBM_TASKS:
+            raise ValueError(f"task name must be one of {SBIBM_TASKS}, got {self.name!r}")
 
     @property
     def prior(self) -> Distribution:
-        """Two moons: uniform on ``[-1, 1]^2``; Gaussian linear: ``N(0, 0.1 I_10)``."""
+        """Two moons: uniform on ``[-1, 1]^2``; Gaussian linear: ``N(0, 0.1 I_10)``; SLCP: uniform on ``[-3, 3]^5``."""
         if self.name == "two_moons":
             return Independent(Uniform(-torch.ones(2), torch.ones(2)), 1)
+        if self.name == "slcp":
+            return Independent(Uniform(-3 * torch.ones(5), 3 * torch.ones(5)), 1)
         return MultivariateNormal(torch.zeros(10), 0.1 * torch.eye(10))
 
     def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Draw ``n`` parameters from the prior, shape ``(n, theta_dim)``."""
         if self.name == "two_moons":
             return 2 * torch.rand((n, 2), generator=generator) - 1
+        if self.name == "slcp":
+            return 6 * torch.rand((n, 5), generator=generator) - 3
         return math.sqrt(0.1) * torch.randn((n, 10), generator=generator)
 
     def simulate(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -69,10 +77,19 @@ class SBIBMTask:
         Two moons: ``a ~ U(-pi/2, pi/2)``, ``r ~ N(0.1, 0.01^2)``,
         ``x = (r cos a + 0.25 - |theta_1 + theta_2| / sqrt 2, r sin a + (theta_2 - theta_1) / sqrt 2)``.
         Gaussian linear: ``x ~ N(theta, 0.1 I)``.
+        SLCP (simple likelihood, complex posterior): four independent draws of a 2-d Gaussian with mean
+        ``(theta_1, theta_2)``, standard deviations ``theta_3^2``, ``theta_4^2`` and correlation
+        ``tanh(theta_5)``, flattened draw by draw to 8 numbers.
         """
         n = theta.shape[0]
         if self.name == "gaussian_linear":
             return theta + math.sqrt(0.1) * torch.randn(theta.shape, generator=generator, dtype=theta.dtype)
+        if self.name == "slcp":
+            s1, s2, rho = theta[:, 2] ** 2, theta[:, 3] ** 2, torch.tanh(theta[:, 4])
+            z = torch.randn((n, 4, 2), generator=generator, dtype=theta.dtype)
+            first = s1[:, None] * z[..., 0]
+            second = s2[:, None] * (rho[:, None] * z[..., 0] + (1 - rho[:, None] ** 2).sqrt() * z[..., 1])
+            return (theta[:, None, :2] + torch.stack([first, second], dim=-1)).reshape(n, 8)
         a = math.pi * (torch.rand(n, generator=generator, dtype=theta.dtype) - 0.5)
         r = 0.1 + 0.01 * torch.randn(n, generator=generator, dtype=theta.dtype)
         s = math.sqrt(0.5)
@@ -86,7 +103,7 @@ class SBIBMTask:
 
 
 def sbibm_task(name: str) -> SBIBMTask:
-    """The task of that sbibm name (``"two_moons"`` or ``"gaussian_linear"``)."""
+    """The task of that sbibm name (one of :data:`SBIBM_TASKS`)."""
     return SBIBMTask(name)  # type: ignore[arg-type]
 
 
