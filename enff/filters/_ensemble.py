@@ -207,7 +207,8 @@ class EnsembleFilter(Filter):
         check_rtps(self.rtps)
         value = self.adaptive_obs_error
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-            raise ValueError(f"adaptive_obs_error must be a threshold >= 0 in standard deviations (0 = off), got {value!r}")
+            raise ValueError("adaptive_obs_error must be a threshold >= 0 in standard deviations (0 = off), "
+                             f"got {value!r}")
 
     @property
     def diagnostic_names(self) -> tuple[str, ...]:  # type: ignore[override]
