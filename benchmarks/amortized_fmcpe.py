@@ -247,7 +247,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--replicates", type=int, default=1,
                         help="calibration sets (and seeds) per size on the Gaussian tasks")
-    parser.add_argument("--l96-replicates", type=int, default=1, help="calibration sets (and seeds) per size on Lorenz-96")
+    parser.add_argument("--l96-replicates", type=int, default=1,
+                        help="calibration sets (and seeds) per size on Lorenz-96")
     parser.add_argument("--no-gaussian", action="store_true", help="skip the Gaussian tasks (and the log_prob study)")
     parser.add_argument("--no-l96", action="store_true", help="skip the Lorenz-96 study")
     parser.add_argument("--no-log-prob", action="store_true", help="skip the log_prob error study")
@@ -274,7 +275,8 @@ def main() -> None:
             "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start,
             "fmcpe_settings": "FMCPE(stage, training=small_set_training(n_cal)) defaults: "
                               + ", ".join(f"{k}={v!r}" for k, v in defaults.items())}
-    result = {"meta": meta, "tasks": [] if args.no_gaussian else args.tasks, "gaussian": gaussian, "log_prob": log_prob, "l96": l96}
+    result = {"meta": meta, "tasks": [] if args.no_gaussian else args.tasks, "gaussian": gaussian,
+              "log_prob": log_prob, "l96": l96}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{args.name}.md").write_text(markdown(result))

@@ -15,7 +15,8 @@ from typing import Literal
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Uniform
 
-__all__ = ["SBIBM_TASKS", "SBIBMTask", "Reference", "sbibm_task", "load_reference", "Lorenz96Task", "ShiftedGaussianTask"]
+__all__ = ["SBIBM_TASKS", "SBIBMTask", "Reference", "sbibm_task", "load_reference", "Lorenz96Task",
+           "ShiftedGaussianTask"]
 
 
 #: The sbibm tasks with a simulator here.
