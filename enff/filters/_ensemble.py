@@ -195,7 +195,8 @@ class EnsembleFilter(Filter):
         inflated (:func:`adaptive_error_inflation`; 1 is the published AOEI, 0 = off). The diagnostic
         ``inflated_obs`` is the fraction of observations inflated in a cycle. Meant for nonlinear
         observations (``atan``), where a confident ensemble on the wrong branch otherwise receives a huge
-        linearized increment.
+        linearized increment; it also damps the large first corrections of an ensemble that starts far from
+        the truth (measured on ``l96_1e6_atan`` at dim 1e5, see that case file).
     """
 
     inflation: float = 1.0
