@@ -97,9 +97,14 @@ def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir
     return row
 
 
-def _hyper_text(hyper: dict) -> str:
+def _case_overrides(row: dict) -> list[str]:
+    """The row's overrides outside ``[filter]`` (e.g. ``ensemble.initial_std=0.5``): part of its configuration."""
+    return [o for o in row.get("overrides", []) if not o.startswith("filter.")]
+
+
+def _hyper_text(row: dict) -> str:
     skip = {"name", "steps", "guidance", "sampler", "score"}
-    return ", ".join(f"{k}={v}" for k, v in hyper.items() if k not in skip)
+    return ", ".join([f"{k}={v}" for k, v in row["hyper"].items() if k not in skip] + _case_overrides(row))
 
 
 def markdown(rows: list[dict]) -> str:
@@ -121,10 +126,12 @@ def markdown(rows: list[dict]) -> str:
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:  # one group per configuration; the same configuration and seed counts once
-        group = groups.setdefault((r["setting"], r["filter"], r.get("steps"), json.dumps(r["hyper"], sort_keys=True)), [])
+        key = (r["setting"], r["filter"], r.get("steps"), json.dumps(r["hyper"], sort_keys=True),
+               json.dumps(_case_overrides(r)))
+        group = groups.setdefault(key, [])
         if all(other["seed"] != r["seed"] for other in group):
             group.append(r)
-    for (setting, filt, steps, _), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+    for (setting, filt, steps, *_), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
         ok = [r for r in group if "error" not in r]
         pub = published_for(setting, filt, steps) or {}
 
@@ -135,7 +142,7 @@ def markdown(rows: list[dict]) -> str:
             return f"{statistics.mean(vals):.4g}" + (f" ± {statistics.stdev(vals):.2g}" if len(vals) > 1 else "")
 
         lines.append(
-            f"| {setting} | {filt} | {steps if steps is not None else ''} | {_hyper_text(group[0]['hyper'])} | "
+            f"| {setting} | {filt} | {steps if steps is not None else ''} | {_hyper_text(group[0])} | "
             f"{','.join(str(r['seed']) for r in group)} | "
             f"{ok[0]['cycles'] if ok else ''} | {stat('rmse')} | {pub.get('rmse', '')} | {stat('crps')} | "
             f"{stat('energy_score')} | {pub.get('energy_score', '')} | {stat('seconds_per_analysis')} | "
