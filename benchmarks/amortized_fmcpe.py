@@ -45,7 +45,7 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob, replicates=1):
+def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob, replicates=1, tau=0.0):
     """Rows per calibration size and replicate; replicate ``r`` draws its own calibration set and seeds
     (replicate 0 keeps the seeds of the single-replicate runs)."""
     task = TASKS[name]
@@ -74,7 +74,8 @@ def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob, replicates
         xc, yc = task.simulate(tc, cal_gen), task.simulate(tc, cal_gen, real=True)
         only, only_s = timed(lambda: FMPE(task.prior, network=NetworkConfig(hidden_features=(64, 64, 64)),
                                           training=small(n_cal), time_prior_exponent=0.0, seed=seed).fit(tc, yc))
-        corrected, cpe_s = timed(lambda: FMCPE(stage, training=small(n_cal), seed=seed).fit(tc, xc, yc))
+        corrected, cpe_s = timed(lambda: FMCPE(stage, training=small(n_cal), seed=seed,
+                                               parameter_source_noise=tau).fit(tc, xc, yc))
         for method, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
             rows.append({"task": name, "method": method, "n_cal": n_cal, "replicate": rep, **score(post),
                          "train_s": seconds})
@@ -112,7 +113,7 @@ def log_prob_error(post, task, y, n_cal):
     return rows
 
 
-def l96_study(n_sims, cal_sizes, n_test, n_samples, replicates=1):
+def l96_study(n_sims, cal_sizes, n_test, n_samples, replicates=1, tau=0.0):
     """Rows of FMPE (simulator and real data) and, per calibration size and replicate (own calibration
     set and seeds; replicate 0 keeps the seeds of the single-replicate runs), the calibration-only flow
     and FMCPE on real data."""
@@ -149,7 +150,7 @@ def l96_study(n_sims, cal_sizes, n_test, n_samples, replicates=1):
         only, only_s = timed(lambda: FMPE(task.prior, network=small_net, training=small(n_cal), solver=solver,
                                           time_prior_exponent=0.0, seed=seed).fit(tc, yc))
         corrected, cpe_s = timed(lambda: FMCPE(stage, network=small_net, solver=solver, training=small(n_cal),
-                                               seed=seed).fit(tc, xc, yc))
+                                               seed=seed, parameter_source_noise=tau).fit(tc, xc, yc))
         for name, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
             rows.append({"method": name, "data": "real", "n_cal": n_cal, "replicate": rep, "train_s": seconds,
                          **evaluate(post, "real")})
@@ -252,6 +253,8 @@ def main() -> None:
     parser.add_argument("--no-gaussian", action="store_true", help="skip the Gaussian tasks (and the log_prob study)")
     parser.add_argument("--no-l96", action="store_true", help="skip the Lorenz-96 study")
     parser.add_argument("--no-log-prob", action="store_true", help="skip the log_prob error study")
+    parser.add_argument("--parameter-source-noise", type=float, default=0.0,
+                        help="FMCPE parameter_source_noise (tau, z-scored units) in every study")
     parser.add_argument("--name", default="amortized_fmcpe", help="result file stem under results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -260,20 +263,23 @@ def main() -> None:
     partial = RESULTS / f"{args.name}.partial.json"
     for i, name in enumerate([] if args.no_gaussian else args.tasks):
         rows, lp = gaussian_study(name, args.cal_sizes, args.n_test, args.n_samples,
-                                  with_log_prob=i == 0 and not args.no_log_prob, replicates=args.replicates)
+                                  with_log_prob=i == 0 and not args.no_log_prob, replicates=args.replicates,
+                                  tau=args.parameter_source_noise)
         gaussian += rows
         log_prob = log_prob or lp
         partial.write_text(json.dumps({"gaussian": gaussian, "log_prob": log_prob}, indent=1))
-    l96 = [] if args.no_l96 else l96_study(args.l96_sims, args.l96_cal_sizes, args.l96_test, 500, args.l96_replicates)
+    l96 = [] if args.no_l96 else l96_study(args.l96_sims, args.l96_cal_sizes, args.l96_test, 500, args.l96_replicates,
+                                           args.parameter_source_noise)
     partial.unlink(missing_ok=True)
     defaults = {f.name: f.default for f in dataclasses.fields(FMCPE)
                 if f.name in ("observation_source", "source_noise", "parameter_source", "condition", "n_summary",
                               "n_source")}
+    tau_argument = f", parameter_source_noise={args.parameter_source_noise!r}" if args.parameter_source_noise else ""
     meta = {"machine": f"{platform.machine()}, 2 shared cores, no GPU", "threads": torch.get_num_threads(),
             "n_test": args.n_test, "n_samples": args.n_samples, "l96_sims": args.l96_sims, "l96_test": args.l96_test,
             "l96_samples": 500, "torch": torch.__version__, "replicates": args.replicates, "load_start": load_start,
             "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start,
-            "fmcpe_settings": "FMCPE(stage, training=small_set_training(n_cal)) defaults: "
+            "fmcpe_settings": f"FMCPE(stage, training=small_set_training(n_cal){tau_argument}) defaults: "
                               + ", ".join(f"{k}={v!r}" for k, v in defaults.items())}
     result = {"meta": meta, "tasks": [] if args.no_gaussian else args.tasks, "gaussian": gaussian,
               "log_prob": log_prob, "l96": l96}

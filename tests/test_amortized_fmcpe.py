@@ -50,6 +50,33 @@ def test_log_prob_estimate_integrates_to_one(fitted):
     assert abs(mass - 1) < 0.1
 
 
+def test_widened_parameter_source_matches_the_real_posterior(fitted, tmp_path):
+    """parameter_source_noise > 0: samples and the kernel log_prob estimate against the analytic posterior."""
+    stage, _ = fitted
+    gen = torch.Generator().manual_seed(0)
+    tc = torch.randn((200, 1), generator=gen)
+    widened = FMCPE(stage, network=NetworkConfig(hidden_features=(32, 32)), solver=FAST, n_source=16, n_monte_carlo=16,
+                    parameter_source_noise=1.0).fit(tc, TASK.simulate(tc, gen), TASK.simulate(tc, gen, real=True))
+    theta = torch.randn((200, 1), generator=gen)
+    y = TASK.simulate(theta, gen, real=True)
+    truth = TASK.true_posterior(y)
+    s = widened.sample(100, y, generator=gen)
+    assert float(((s.mean(dim=0) - truth.mean) ** 2).mean().sqrt()) < 0.1
+    assert abs(float((s.std(dim=0).squeeze() / truth.stddev.squeeze()).mean()) - 1) < 0.15
+    grid = torch.linspace(-3, 3, 241)[:, None]
+    y1 = torch.tensor([[0.9]])
+    density = widened.log_prob(grid, y1, generator=torch.Generator().manual_seed(2)).exp()
+    true_density = TASK.true_posterior(y1).log_prob(grid).squeeze().exp()
+    step = float(grid[1, 0] - grid[0, 0])
+    assert abs(float(density.sum()) * step - 1) < 0.1
+    assert 0.5 * float((density - true_density).abs().sum()) * step < 0.2  # total variation distance
+    widened.save(tmp_path / "w.pt")
+    loaded = Posterior.load(tmp_path / "w.pt")
+    assert loaded.parameter_source_noise == 1.0
+    assert torch.equal(widened.sample(5, y1, generator=torch.Generator().manual_seed(3)),
+                       loaded.sample(5, y1, generator=torch.Generator().manual_seed(3)))
+
+
 def test_save_load_roundtrip(fitted, tmp_path):
     _, corrected = fitted
     corrected.save(tmp_path / "c.pt")
@@ -74,6 +101,9 @@ def test_bad_calibration_input(fitted):
         estimator.fit(torch.zeros(10, 1), torch.zeros(10, 1), y)
     with pytest.raises(TypeError, match="FMPEPosterior"):
         FMCPE(object())
+    for tau in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="parameter_source_noise"):
+            FMCPE(stage, parameter_source_noise=tau)
 
 
 def test_affine_source_recovers_a_linear_gaussian_p_x_given_y():
