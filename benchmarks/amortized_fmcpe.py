@@ -45,9 +45,10 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob, replicates=1, tau=0.0):
+def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob, replicates=1, taus=(0.0,)):
     """Rows per calibration size and replicate; replicate ``r`` draws its own calibration set and seeds
-    (replicate 0 keeps the seeds of the single-replicate runs)."""
+    (replicate 0 keeps the seeds of the single-replicate runs); one FMCPE row per ``parameter_source_noise``
+    in ``taus``."""
     task = TASKS[name]
     gen = torch.Generator().manual_seed(0)
     theta = torch.randn((5000, task.dim), generator=gen)
@@ -74,19 +75,27 @@ def gaussian_study(name, cal_sizes, n_test, n_samples, with_log_prob, replicates
         xc, yc = task.simulate(tc, cal_gen), task.simulate(tc, cal_gen, real=True)
         only, only_s = timed(lambda: FMPE(task.prior, network=NetworkConfig(hidden_features=(64, 64, 64)),
                                           training=small(n_cal), time_prior_exponent=0.0, seed=seed).fit(tc, yc))
-        corrected, cpe_s = timed(lambda: FMCPE(stage, training=small(n_cal), seed=seed,
-                                               parameter_source_noise=tau).fit(tc, xc, yc))
-        for method, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
+        fits = [("calibration_only", only, only_s)]
+        for tau in taus:
+            corrected, cpe_s = timed(lambda: FMCPE(stage, training=small(n_cal), seed=seed,
+                                                   parameter_source_noise=tau).fit(tc, xc, yc))
+            fits.append((fmcpe_method(tau), corrected, cpe_s))
+        for method, post, seconds in fits:
             rows.append({"task": name, "method": method, "n_cal": n_cal, "replicate": rep, **score(post),
                          "train_s": seconds})
-            if method == "fmcpe":
-                carried = corrected.carry(y_test.repeat(n_samples, 1), torch.Generator().manual_seed(6))
+            if method.startswith("fmcpe"):
+                carried = post.carry(y_test.repeat(n_samples, 1), torch.Generator().manual_seed(6))
                 carried = carried.reshape(n_samples, n_test, task.x_dim)
                 rows[-1].update(carried_x_std=float(carried.std(dim=0).mean()), true_x_std=true_x_std)
             print(json.dumps(rows[-1]), flush=True)
         if with_log_prob and rep == 0 and n_cal == min(cal_sizes, key=lambda n: abs(n - 100)):
-            log_prob_rows = log_prob_error(corrected, task, y_test[:1], n_cal)
+            log_prob_rows = log_prob_error(fits[1][1], task, y_test[:1], n_cal)
     return rows, log_prob_rows
+
+
+def fmcpe_method(tau):
+    """Row label of FMCPE with ``parameter_source_noise=tau``."""
+    return "fmcpe" if tau == 0 else f"fmcpe_tau{tau:g}"
 
 
 def sample_truth(post, n):
@@ -113,10 +122,10 @@ def log_prob_error(post, task, y, n_cal):
     return rows
 
 
-def l96_study(n_sims, cal_sizes, n_test, n_samples, replicates=1, tau=0.0):
+def l96_study(n_sims, cal_sizes, n_test, n_samples, replicates=1, taus=(0.0,)):
     """Rows of FMPE (simulator and real data) and, per calibration size and replicate (own calibration
     set and seeds; replicate 0 keeps the seeds of the single-replicate runs), the calibration-only flow
-    and FMCPE on real data."""
+    and FMCPE (one row per ``parameter_source_noise`` in ``taus``) on real data."""
     task = Lorenz96Task()
     gen = torch.Generator().manual_seed(0)
     theta = task.sample_prior(n_sims, gen)
@@ -149,9 +158,12 @@ def l96_study(n_sims, cal_sizes, n_test, n_samples, replicates=1, tau=0.0):
         small_net = NetworkConfig(hidden_features=(64, 64, 64), embedding=network.embedding)
         only, only_s = timed(lambda: FMPE(task.prior, network=small_net, training=small(n_cal), solver=solver,
                                           time_prior_exponent=0.0, seed=seed).fit(tc, yc))
-        corrected, cpe_s = timed(lambda: FMCPE(stage, network=small_net, solver=solver, training=small(n_cal),
-                                               seed=seed, parameter_source_noise=tau).fit(tc, xc, yc))
-        for name, post, seconds in (("calibration_only", only, only_s), ("fmcpe", corrected, cpe_s)):
+        fits = [("calibration_only", only, only_s)]
+        for tau in taus:
+            corrected, cpe_s = timed(lambda: FMCPE(stage, network=small_net, solver=solver, training=small(n_cal),
+                                                   seed=seed, parameter_source_noise=tau).fit(tc, xc, yc))
+            fits.append((fmcpe_method(tau), corrected, cpe_s))
+        for name, post, seconds in fits:
             rows.append({"method": name, "data": "real", "n_cal": n_cal, "replicate": rep, "train_s": seconds,
                          **evaluate(post, "real")})
             print(json.dumps(rows[-1]), flush=True)
@@ -201,6 +213,8 @@ def markdown(result):
              f"`{meta['fmcpe_settings']}`.", ""]
     for name in result["tasks"]:
         g = [r for r in result["gaussian"] if r["task"] == name]
+        methods = [m for m in dict.fromkeys(r["method"] for r in g) if m.startswith("fmcpe")]
+        labels = ["FMCPE" if m == "fmcpe" else f"FMCPE tau={m.removeprefix('fmcpe_tau')}" for m in methods]
         lines += [f"## {TITLES[name]}: C2ST against the analytic real-data posterior", "",
                   f"Mean over {meta['n_test']} real observations, {meta['n_samples']} samples per side (0.5 is "
                   f"perfect); {meta.get('replicates', 1)} replicate(s) per size (own calibration set and seeds; "
@@ -208,16 +222,20 @@ def markdown(result):
                   "pairs alone. In brackets: mean posterior standard deviation (true: "
                   f"{g[0]['true_posterior_std']:.3f}). Carried x std: spread of FMCPE's carried observations "
                   f"T_y(y) against the true spread of p(x | y), {g[-1].get('true_x_std', float('nan')):.3f}.", "",
-                  "| calibration pairs | FMPE | calibration-only | FMCPE | best | FMCPE below calibration-only | "
-                  "carried x std |", "|---|---|---|---|---|---|---|"]
+                  "| calibration pairs | FMPE | calibration-only | " + " | ".join(labels) + " | best | "
+                  + " | ".join(f"{label} below calibration-only" for label in labels) + " | carried x std |",
+                  "|---" * (5 + 2 * len(labels)) + "|"]
         fmpe = next(r for r in g if r["method"] == "fmpe")
         for n in sorted({r["n_cal"] for r in g if r["n_cal"]}):
             only = [r for r in g if r["n_cal"] == n and r["method"] == "calibration_only"]
-            cpe = [r for r in g if r["n_cal"] == n and r["method"] == "fmcpe"]
-            means = {"fmpe": fmpe["c2st"], "calibration_only": _mean(only, "c2st"), "fmcpe": _mean(cpe, "c2st")}
-            wins = sum(c["c2st"] < o["c2st"] for c, o in zip(cpe, only))
-            lines.append(f"| {n} | {_cell([fmpe])} | {_cell(only)} | {_cell(cpe)} | {min(means, key=means.get)} | "
-                         f"{wins} of {len(cpe)} | {_mean(cpe, 'carried_x_std'):.3f} |")
+            cpe = {m: [r for r in g if r["n_cal"] == n and r["method"] == m] for m in methods}
+            means = {"fmpe": fmpe["c2st"], "calibration_only": _mean(only, "c2st"),
+                     **{m: _mean(rows, "c2st") for m, rows in cpe.items()}}
+            wins = [sum(c["c2st"] < o["c2st"] for c, o in zip(rows, only)) for rows in cpe.values()]
+            lines.append(f"| {n} | {_cell([fmpe])} | {_cell(only)} | "
+                         + " | ".join(_cell(rows) for rows in cpe.values()) + f" | {min(means, key=means.get)} | "
+                         + " | ".join(f"{w} of {len(only)}" for w in wins)
+                         + f" | {_mean(cpe[methods[0]], 'carried_x_std'):.3f} |")
         lines.append("")
     if result["log_prob"]:
         lines += log_prob_table(result)
@@ -253,8 +271,9 @@ def main() -> None:
     parser.add_argument("--no-gaussian", action="store_true", help="skip the Gaussian tasks (and the log_prob study)")
     parser.add_argument("--no-l96", action="store_true", help="skip the Lorenz-96 study")
     parser.add_argument("--no-log-prob", action="store_true", help="skip the log_prob error study")
-    parser.add_argument("--parameter-source-noise", type=float, default=0.0,
-                        help="FMCPE parameter_source_noise (tau, z-scored units) in every study")
+    parser.add_argument("--parameter-source-noise", nargs="+", type=float, default=[0.0],
+                        help="FMCPE parameter_source_noise values (tau, z-scored units), one FMCPE row each; "
+                             "the first is used for the log_prob study")
     parser.add_argument("--name", default="amortized_fmcpe", help="result file stem under results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -264,7 +283,7 @@ def main() -> None:
     for i, name in enumerate([] if args.no_gaussian else args.tasks):
         rows, lp = gaussian_study(name, args.cal_sizes, args.n_test, args.n_samples,
                                   with_log_prob=i == 0 and not args.no_log_prob, replicates=args.replicates,
-                                  tau=args.parameter_source_noise)
+                                  taus=args.parameter_source_noise)
         gaussian += rows
         log_prob = log_prob or lp
         partial.write_text(json.dumps({"gaussian": gaussian, "log_prob": log_prob}, indent=1))
@@ -273,13 +292,12 @@ def main() -> None:
     partial.unlink(missing_ok=True)
     defaults = {f.name: f.default for f in dataclasses.fields(FMCPE)
                 if f.name in ("observation_source", "source_noise", "parameter_source", "condition", "n_summary",
-                              "n_source")}
-    tau_argument = f", parameter_source_noise={args.parameter_source_noise!r}" if args.parameter_source_noise else ""
+                              "n_source", "parameter_source_noise")}
     meta = {"machine": f"{platform.machine()}, 2 shared cores, no GPU", "threads": torch.get_num_threads(),
             "n_test": args.n_test, "n_samples": args.n_samples, "l96_sims": args.l96_sims, "l96_test": args.l96_test,
             "l96_samples": 500, "torch": torch.__version__, "replicates": args.replicates, "load_start": load_start,
             "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start,
-            "fmcpe_settings": f"FMCPE(stage, training=small_set_training(n_cal){tau_argument}) defaults: "
+            "fmcpe_settings": "FMCPE(stage, training=small_set_training(n_cal)) defaults: "
                               + ", ".join(f"{k}={v!r}" for k, v in defaults.items())}
     result = {"meta": meta, "tasks": [] if args.no_gaussian else args.tasks, "gaussian": gaussian,
               "log_prob": log_prob, "l96": l96}
