@@ -6,7 +6,8 @@ velocity evaluations) for one or more seeds through the ordinary cycle runner, t
 analysis.
 
     python benchmarks/reproduce_published.py --settings ks1024_atan --filters enff-ot enff-f2p ensf letkf --seeds 0 1 2
-    python benchmarks/reproduce_published.py --all
+    python benchmarks/reproduce_published.py --settings l96_1e6_atan --filters enff-f2p --published-grid --steps 99 \
+        --workdir runs/repro   # rerun the same command to resume after an interruption
 
 Writes results/reproduce_published.json and results/reproduce_published.md (rows are merged with an
 earlier result file, so settings can be run in separate sessions).
@@ -74,13 +75,22 @@ def published_overrides(setting: str, filter_name: str) -> list[list[str]]:
 
 
 def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir: Path) -> dict:
+    """Run one case in ``workdir`` and score it; a run file an interrupted earlier call left there is resumed.
+
+    Resuming needs the same case (a different one is an error naming the file); the run file is deleted
+    once scored. ``wall_seconds`` then covers only the resumed part, ``seconds_per_analysis`` every cycle.
+    """
     case = load_case(setting, filter_name=filter_name, overrides=[f"run.seed={seed}", *overrides])
     out = workdir / f"{setting}_{filter_name}_{seed}.nc"
     start = time.perf_counter()
+    resume = out.is_file()
     row = {"setting": setting, "filter": filter_name, "seed": seed, "hyper": case.filter,
            "steps": case.filter.get("steps"), "overrides": overrides, "torch_threads": torch.get_num_threads()}
+    if resume:
+        row["resumed"] = True
+        print(f"resuming {out}", flush=True)
     try:
-        summary = run_case(case, out, overwrite=True, progress=None)
+        summary = run_case(case, out, resume=resume, overwrite=not resume, progress=None)
     except Divergence as err:
         row.update(error=str(err))
         return row
@@ -97,9 +107,27 @@ def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir
     return row
 
 
+def has_scored_row(rows: list[dict], setting: str, filter_name: str, seed: int, overrides: list[str]) -> bool:
+    """Whether ``rows`` already score this configuration and seed (however its overrides were spelled)."""
+    case = load_case(setting, filter_name=filter_name, overrides=[f"run.seed={seed}", *overrides])
+    wanted = configuration({"setting": setting, "filter": filter_name, "hyper": case.filter, "overrides": overrides})
+    return any(configuration(r) == wanted and r["seed"] == seed and "error" not in r for r in rows)
+
+
+def row_key(row: dict) -> tuple:
+    """What makes a row one run: setting, filter, seed and overrides (a rerun replaces the row)."""
+    return row["setting"], row["filter"], row["seed"], json.dumps(row.get("overrides", []))
+
+
 def _case_overrides(row: dict) -> list[str]:
     """The row's overrides outside ``[filter]`` (e.g. ``ensemble.initial_std=0.5``): part of its configuration."""
     return [o for o in row.get("overrides", []) if not o.startswith("filter.")]
+
+
+def configuration(row: dict) -> tuple:
+    """What makes rows comparable: setting, filter, resolved ``[filter]`` table and other case overrides."""
+    return (row["setting"], row["filter"], json.dumps(row["hyper"], sort_keys=True),
+            json.dumps(_case_overrides(row)))
 
 
 def _hyper_text(row: dict) -> str:
@@ -126,12 +154,10 @@ def markdown(rows: list[dict]) -> str:
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:  # one group per configuration; the same configuration and seed counts once
-        key = (r["setting"], r["filter"], r.get("steps"), json.dumps(r["hyper"], sort_keys=True),
-               json.dumps(_case_overrides(r)))
-        group = groups.setdefault(key, [])
+        group = groups.setdefault((r["setting"], r["filter"], r.get("steps"), *configuration(r)[2:]), [])
         if all(other["seed"] != r["seed"] for other in group):
             group.append(r)
-    for (setting, filt, steps, *_), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+    for (setting, filt, steps, *_), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
         ok = [r for r in group if "error" not in r]
         pub = published_for(setting, filt, steps) or {}
 
@@ -173,21 +199,27 @@ def main() -> None:
                         help="run every published (S, hyper-parameter) row of each setting and filter")
     parser.add_argument("--steps", nargs="+", type=int, default=None,
                         help="with --published-grid: only the rows with these step counts S")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep run files here (default: a temporary folder) so an interrupted call can be "
+                             "rerun to resume them")
+    parser.add_argument("--missing", action="store_true",
+                        help="skip configurations and seeds that already have a scored row in the result file")
     args = parser.parse_args()
     previous = RESULTS / f"{args.name}.json"
     rows: list[dict] = []
     if previous.is_file() and not args.fresh:
         rows = json.loads(previous.read_text())["rows"]
     if args.merge:
-        def key(r: dict) -> tuple:
-            return r["setting"], r["filter"], r["seed"], json.dumps(r.get("overrides", []))
-        merged = {key(r): r for r in rows}
+        merged = {row_key(r): r for r in rows}
         for path in args.merge:
-            merged.update({key(r): r for r in json.loads(path.read_text())["rows"]})
+            merged.update({row_key(r): r for r in json.loads(path.read_text())["rows"]})
         rows = list(merged.values())
         write_results(args.name, {"rows": rows}, markdown(rows))
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = args.workdir or Path(scratch)
         for setting in args.settings:
             for filter_name in args.filters:
                 grid = published_overrides(setting, filter_name) if args.published_grid else [[]]
@@ -197,9 +229,10 @@ def main() -> None:
                     overrides = [*extra, *args.overrides]
                     for seed in args.seeds:
                         key = (setting, filter_name, seed, json.dumps(overrides))
-                        rows = [r for r in rows if (r["setting"], r["filter"], r["seed"],
-                                                    json.dumps(r.get("overrides", []))) != key]
-                        rows.append(run(setting, filter_name, seed, overrides, Path(tmp)))
+                        if args.missing and has_scored_row(rows, setting, filter_name, seed, overrides):
+                            continue
+                        rows = [r for r in rows if row_key(r) != key]
+                        rows.append(run(setting, filter_name, seed, overrides, workdir))
                         write_results(args.name, {"rows": rows}, markdown(rows))
                         print(json.dumps(rows[-1]), flush=True)
 
