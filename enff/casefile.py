@@ -34,6 +34,7 @@ MODELS: dict[str, str] = {
     "lorenz96": "Lorenz96",
     "kuramoto_sivashinsky": "KuramotoSivashinsky",
     "navier_stokes2d": "NavierStokes2D",
+    "navier_stokes2d_primitive": "NavierStokes2DPrimitive",
 }
 
 _SECTIONS = ("model", "observations", "ensemble", "filter", "run", "filters")

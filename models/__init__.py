@@ -5,5 +5,6 @@ from .lorenz63 import Lorenz63
 from .lorenz96 import Lorenz96
 from .kuramoto_sivashinsky import KuramotoSivashinsky
 from .navier_stokes import NavierStokes2D
+from .navier_stokes_primitive import NavierStokes2DPrimitive
 
-__all__ = ["Grid", "KuramotoSivashinsky", "Lorenz63", "Lorenz96", "Model", "NavierStokes2D"]
+__all__ = ["Grid", "KuramotoSivashinsky", "Lorenz63", "Lorenz96", "Model", "NavierStokes2D", "NavierStokes2DPrimitive"]
