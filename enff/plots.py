@@ -20,7 +20,7 @@ def plot_run(path: str | Path, outdir: str | Path | None = None) -> list[Path]:
     """Write the figures of run file ``path`` into ``outdir`` (default: beside the file).
 
     Returns the paths written: ``<stem>_scores.png``, ``<stem>_hovmoller.png`` (1-D states) or
-    ``<stem>_snapshots.png`` (2-D states), and ``<stem>_rank_histogram.png``.
+    ``<stem>_snapshots.png`` (2-D states; one row per field of a multi-field state), and ``<stem>_rank_histogram.png``.
     """
     import matplotlib
 
@@ -68,18 +68,22 @@ def plot_run(path: str | Path, outdir: str | Path | None = None) -> list[Path]:
             ax.set_xlabel(dims[0])
         axes[0][0].set_ylabel("model time")
         name = "hovmoller"
-    else:
+    else:  # 2-D fields; a leading axis (e.g. the field of a multi-field state) gives one row per entry
         last = ds.isel(time=-1)
         panels = [("truth", last["truth"])] if has_truth else []
         panels.append(("analysis mean", last["analysis_mean"]))
         if has_truth:
             panels.append(("error", last["analysis_mean"] - last["truth"]))
-        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
-        for ax, (title, da) in zip(axes[0], panels):
-            cmap = "RdBu_r" if title == "error" else "viridis"
-            im = ax.imshow(da.values, origin="lower", cmap=cmap)
-            fig.colorbar(im, ax=ax)
-            ax.set_title(f"{title} (t = {float(last['time']):.3g})")
+        rows = int(np.prod([ds.sizes[d] for d in dims[:-2]]))
+        fig, axes = plt.subplots(rows, len(panels), figsize=(4 * len(panels), 3.6 * rows), squeeze=False)
+        for col, (title, da) in enumerate(panels):
+            images = da.values.reshape(rows, *da.shape[-2:])
+            for row in range(rows):
+                ax = axes[row][col]
+                im = ax.imshow(images[row], origin="lower", cmap="RdBu_r" if title == "error" else "viridis")
+                fig.colorbar(im, ax=ax)
+                where = f"{', '.join(dims[:-2])} {row}, " if rows > 1 else ""
+                ax.set_title(f"{title} ({where}t = {float(last['time']):.3g})")
         name = "snapshots"
     fig.tight_layout()
     written.append(outdir / f"{stem}_{name}.png")

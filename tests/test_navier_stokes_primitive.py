@@ -12,6 +12,7 @@ import torch
 from enff.casefile import load_case, parse_case
 from enff.cycle import run_case
 from enff.models import NavierStokes2D, NavierStokes2DPrimitive
+from enff.plots import plot_run
 from enff.runfile import open_run
 
 
@@ -148,3 +149,5 @@ def test_published_case_cycles_with_a_localized_filter(tmp_path) -> None:
     assert ds["truth"].dims == ("time", "field", "y", "x")
     assert np.isfinite(ds["rmse_analysis"]).all()
     assert float(ds["rmse_analysis"][-1]) < float(ds["rmse_forecast"][0])
+    written = plot_run(tmp_path / "run.nc")  # one row of snapshots per field
+    assert tmp_path / "run_snapshots.png" in written
