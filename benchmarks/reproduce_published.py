@@ -146,7 +146,9 @@ def markdown(rows: list[dict]) -> str:
         "(as published), then mean ± std over seeds. S = number of velocity evaluations (published "
         "'grid points' minus one). Energy score is the fair estimator over the whole state; the published "
         "'crps' column is that energy score. Published seconds are CPU process time on their GPU machine: "
-        "compare ratios, not absolute times.",
+        "compare ratios, not absolute times. Navier-Stokes states are pressure and velocity at every point, "
+        "as in the published code (`navier_stokes2d_primitive`; vorticity-state runs are in "
+        "`reproduce_published_ns_vorticity.md`).",
         "",
         "| setting | filter | S | hyper-parameters | seeds | cycles | RMSE ours | RMSE published | CRPS ours | "
         "energy score ours | energy score published | s/analysis ours | s/analysis published |",
