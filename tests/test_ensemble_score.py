@@ -122,10 +122,26 @@ def test_shape_dtype_and_reproducibility(dtype):
     assert not EnSF.needs_previous
 
 
+@pytest.mark.parametrize("start", ["marginal", "noise"])
+def test_probability_flow_from_each_start_ends_where_the_ode_says(start):
+    """eps_alpha = 1, uninformative observations, per-member score: dx/dt = g^2 (x - x1) / (2 beta^2), so the
+    offset from the member scales by beta_t / beta_1 and the particle ends at x1 + beta_0 (x_start - x1)."""
+    d, n = 4, 6
+    forecast = 3.0 * _forecast(n=n, d=d, seed=7)
+    eps_beta = 0.25
+    ensf = get_filter("ensf", steps=2000, eps_alpha=1.0, eps_beta=eps_beta, sampler="ode", start=start)
+    analysis = ensf.analysis(forecast, torch.zeros(d, dtype=torch.float64), _space(d, 1e8),
+                             generator=torch.Generator().manual_seed(8))
+    z = torch.randn(forecast.shape, generator=torch.Generator().manual_seed(8), dtype=forecast.dtype)
+    x_start = z if start == "noise" else forecast + z  # alpha_1 = 1, beta_1 = 1
+    expected = forecast + math.sqrt(eps_beta) * (x_start - forecast)
+    torch.testing.assert_close(analysis, expected, rtol=0, atol=5e-3)
+
+
 @pytest.mark.parametrize(
     "key, value",
     [("steps", 0), ("eps_alpha", 0.0), ("eps_beta", 1.0), ("score", "kernel"), ("sampler", "heun"),
-     ("clip", 0.0), ("inflation", -1.0)],
+     ("clip", 0.0), ("start", "prior"), ("inflation", -1.0)],
 )
 def test_hyper_parameter_errors_name_the_key(key, value):
     with pytest.raises(ValueError, match=key):

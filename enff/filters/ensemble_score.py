@@ -23,8 +23,11 @@ forecast members ``x1``:
 Samplers: reverse-time SDE by Euler-Maruyama, ``dx = [f x - g^2 s] dt + g dW``, or the probability-flow
 ODE, ``dx/dt = f x - g^2 s / 2``, by Euler; ``steps`` = number of score evaluations, on the uniform grid
 ``t_k = 1 - k / steps`` (``t = 0`` itself is never evaluated, so ``eps_beta = 0`` is allowed).
-The particles start from the exact ``t = 1`` marginal of each member, ``alpha_1 x1[i] + beta_1 z``
-(``N(0, I)`` in the limit ``eps_alpha -> 0``, as in the original code).
+With ``start="marginal"`` (the default) the particles start from the exact ``t = 1`` marginal of each
+member, ``alpha_1 x1[i] + beta_1 z``, which tends to ``N(0, I)`` as ``eps_alpha -> 0``; ``start="noise"``
+starts from ``N(0, I)`` whatever ``eps_alpha`` is, as the published EnSF and EnFF codes do. With
+``eps_alpha = 1`` the two differ: from noise, the per-member prior score leaves each particle pulled
+toward zero (the probability-flow ODE ends at ``x1 + beta_0 (z - x1)`` instead of ``x1 + beta_0 z``).
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ from .inflation import check_inflation
 from .ode import euler_maruyama, integrate
 from .velocity import mixture_weights, squared_distances
 
-__all__ = ["VPSchedule", "prior_score", "EnSF", "SCORES", "SCORE_SAMPLERS"]
+__all__ = ["VPSchedule", "prior_score", "EnSF", "SCORES", "SCORE_SAMPLERS", "STARTS"]
 
 #: Prior-score forms accepted by :class:`EnSF`.
 SCORES = ("member", "mixture")
 #: Samplers accepted by :class:`EnSF`.
 SCORE_SAMPLERS = ("sde", "ode")
+#: Starting distributions of the reverse process accepted by :class:`EnSF`.
+STARTS = ("marginal", "noise")
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class EnSF(GenerativeFilter):
         ``"sde"`` (reverse-time Euler-Maruyama) or ``"ode"`` (probability-flow ODE, Euler).
     clip:
         Elementwise bound on the damped likelihood score (``inf`` = no clipping), per state unit.
+    start:
+        ``"marginal"`` (each member's exact ``t = 1`` marginal) or ``"noise"`` (``N(0, I)``, as published).
     inflation:
         Multiplicative factor on the forecast anomalies before the analysis (1 = none).
     """
@@ -147,6 +154,7 @@ class EnSF(GenerativeFilter):
     score: str = "member"
     sampler: str = "sde"
     clip: float = math.inf
+    start: str = "marginal"
     inflation: float = 1.0
 
     def __post_init__(self) -> None:
@@ -156,6 +164,8 @@ class EnSF(GenerativeFilter):
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.sampler not in SCORE_SAMPLERS:
             raise ValueError(f"sampler must be one of {SCORE_SAMPLERS}, got {self.sampler!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
         if not float(self.clip) > 0.0:
             raise ValueError(f"clip must be > 0 (inf = no clipping), got {self.clip!r}")
         check_inflation(self.inflation)
@@ -188,7 +198,10 @@ class EnSF(GenerativeFilter):
             return score(x, t).mul_(-weight).add_(x, alpha=schedule.drift_rate(t))
 
         noise = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
-        start = torch.add(schedule.alpha(1.0) * x1, noise, alpha=math.sqrt(schedule.beta_sq(1.0)))
+        if self.start == "noise":
+            start = noise
+        else:
+            start = torch.add(schedule.alpha(1.0) * x1, noise, alpha=math.sqrt(schedule.beta_sq(1.0)))
         if self.sampler == "ode":
             return integrate(drift, start, evaluations=self.steps, method="euler", start=1.0, end=0.0)
         return euler_maruyama(
