@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import statistics
 import sys
@@ -31,6 +32,7 @@ import torch  # noqa: E402
 
 from enff.casefile import load_case  # noqa: E402
 from enff.cycle import Divergence, run_case  # noqa: E402
+from enff.filters import FILTERS  # noqa: E402
 from enff.runfile import open_run  # noqa: E402
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "enff_paper_results.csv"
@@ -124,9 +126,17 @@ def _case_overrides(row: dict) -> list[str]:
     return [o for o in row.get("overrides", []) if not o.startswith("filter.")]
 
 
+def _filled_hyper(row: dict) -> dict:
+    """The row's ``[filter]`` table with the filter's defaults for keys it lacks (a row written before a
+    key existed ran with that key's default)."""
+    fields = dataclasses.fields(FILTERS[row["filter"]]) if row["filter"] in FILTERS else ()
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    return {**defaults, **row["hyper"]}
+
+
 def configuration(row: dict) -> tuple:
     """What makes rows comparable: setting, filter, resolved ``[filter]`` table and other case overrides."""
-    return (row["setting"], row["filter"], json.dumps(row["hyper"], sort_keys=True),
+    return (row["setting"], row["filter"], json.dumps(_filled_hyper(row), sort_keys=True),
             json.dumps(_case_overrides(row)))
 
 
@@ -230,7 +240,7 @@ def main() -> None:
                 for extra in grid:
                     overrides = [*extra, *args.overrides]
                     for seed in args.seeds:
-                        key = (setting, filter_name, seed, json.dumps(overrides))
+                        key = row_key({"setting": setting, "filter": filter_name, "seed": seed, "overrides": overrides})
                         if args.missing and has_scored_row(rows, setting, filter_name, seed, overrides):
                             continue
                         rows = [r for r in rows if row_key(r) != key]
