@@ -16,6 +16,15 @@ def _state_dims(ds: xr.Dataset) -> tuple[str, ...]:
     return tuple(d for d in ds["analysis_mean"].dims if d != "time")
 
 
+def _panels(ds: xr.Dataset, has_truth: bool) -> list[tuple[str, xr.DataArray]]:
+    """Titled fields to draw: truth (when known), analysis mean and their difference."""
+    panels = [("truth", ds["truth"])] if has_truth else []
+    panels.append(("analysis mean", ds["analysis_mean"]))
+    if has_truth:
+        panels.append(("error", ds["analysis_mean"] - ds["truth"]))
+    return panels
+
+
 def plot_run(path: str | Path, outdir: str | Path | None = None) -> list[Path]:
     """Write the figures of run file ``path`` into ``outdir`` (default: beside the file).
 
@@ -54,10 +63,7 @@ def plot_run(path: str | Path, outdir: str | Path | None = None) -> list[Path]:
     dims = _state_dims(ds)
     has_truth = "truth" in ds
     if len(dims) == 1:
-        panels = [("truth", ds["truth"])] if has_truth else []
-        panels.append(("analysis mean", ds["analysis_mean"]))
-        if has_truth:
-            panels.append(("error", ds["analysis_mean"] - ds["truth"]))
+        panels = _panels(ds, has_truth)
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharey=True, squeeze=False)
         x = ds[dims[0]].values
         for ax, (title, da) in zip(axes[0], panels):
@@ -70,10 +76,7 @@ def plot_run(path: str | Path, outdir: str | Path | None = None) -> list[Path]:
         name = "hovmoller"
     else:  # 2-D fields; a leading axis (e.g. the field of a multi-field state) gives one row per entry
         last = ds.isel(time=-1)
-        panels = [("truth", last["truth"])] if has_truth else []
-        panels.append(("analysis mean", last["analysis_mean"]))
-        if has_truth:
-            panels.append(("error", last["analysis_mean"] - last["truth"]))
+        panels = _panels(last, has_truth)
         rows = int(np.prod([ds.sizes[d] for d in dims[:-2]]))
         fig, axes = plt.subplots(rows, len(panels), figsize=(4 * len(panels), 3.6 * rows), squeeze=False)
         for col, (title, da) in enumerate(panels):
