@@ -12,6 +12,7 @@ locations for localization.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,15 @@ class ObservationOperator(ABC):
         """Number of outputs for an input of shape ``shape`` (per member)."""
         return int(self.source_index(shape).shape[0])
 
+    def pointwise(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The map ``g`` with ``h(x)[:, j] = g(x_flat[:, source_index[j]])``, if ``h`` has that form.
+
+        Every observation is then a function of the one state element it is located at, so ``g`` applied
+        to any tensor of such elements (any shape) gives their observations. ``None`` (the default) for
+        operators that mix elements.
+        """
+        return None
+
     def __or__(self, other: "ObservationOperator") -> "Compose":
         if not isinstance(other, ObservationOperator):
             return NotImplemented
@@ -62,6 +72,13 @@ class Compose(ObservationOperator):
         inner = self.first.source_index(shape)
         return inner[self.second.source_index((inner.shape[0],))]
 
+    def pointwise(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``second``'s map after ``first``'s, when both are pointwise."""
+        first, second = self.first.pointwise(), self.second.pointwise()
+        if first is None or second is None:
+            return None
+        return lambda z: second(first(z))
+
 
 class Elementwise(ObservationOperator):
     """An operator applied point by point to the flattened state (one output per state element)."""
@@ -75,3 +92,7 @@ class Elementwise(ObservationOperator):
 
     def source_index(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.arange(int(np.prod(shape)), dtype=np.int64)
+
+    def pointwise(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`apply`."""
+        return self.apply

@@ -15,7 +15,7 @@ state index each observation sits at.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,11 @@ __all__ = [
     "Tanh",
     "elementwise_operator",
 ]
+
+
+def _unchanged(z: torch.Tensor) -> torch.Tensor:
+    """The pointwise map of a selection."""
+    return z
 
 
 def _shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -180,6 +185,10 @@ class Selection(ObservationOperator):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Select from ``x`` of shape ``(member, *state_shape)``; return ``(member, n_obs)``."""
         return flatten_members(x)[:, self._index_on(tuple(x.shape[1:]), x.device)]
+
+    def pointwise(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The identity: a selection passes each kept element through unchanged."""
+        return _unchanged
 
     def _index_on(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         cache = self.__dict__.setdefault("_index_cache", {})

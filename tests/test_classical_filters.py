@@ -545,3 +545,84 @@ def test_adaptive_obs_error_rejects_bad_thresholds():
             ETKF(adaptive_obs_error=bad)
     with pytest.raises(ValueError, match="belongs to the Kalman filters"):
         BootstrapPF(adaptive_obs_error=1.0)
+
+
+# ---------------------------------------------------------------- LETKF line search on the local cost
+
+
+def test_letkf_line_search_matches_a_direct_minimization_of_the_local_cost():
+    # arctan observations (std 0.05) of a ring of 6; at element 2 the ensemble is sure of -5 (spread 1) while
+    # the truth is +5: the plain LETKF jumps to about +9. Reference: for every element the dense ETKF weights with its Gaspari-Cohn tapers, the local cost
+    # J(a) = (N-1)/2 a^2 |wbar|^2 + 1/2 sum_j taper_j ((y_j - atan(xbar_j + a X'_j wbar)) / s_j)^2 minimized
+    # over the candidate steps with numpy, the spread update left as the plain LETKF's.
+    from enff.filters.step_length import STEP_HALVINGS
+
+    d, n, radius = 6, 10, 2.0
+    rng = np.random.default_rng(11)
+    truth = rng.uniform(-1.0, 1.0, d)
+    truth[2] = 5.0
+    forecast = truth + 0.3 * rng.standard_normal((n, d))
+    forecast[:, 2] = -5.0 + rng.standard_normal(n)
+    std = np.full(d, 0.05)
+    y = np.arctan(truth) + std * rng.standard_normal(d)
+    obs = space(Pointwise(), std, ring(d))
+    x, yt = torch.as_tensor(forecast), torch.as_tensor(y)
+    diagnostics: dict[str, float] = {}
+    out = LETKF(radius=radius, line_search=True).analysis(x, yt, obs, generator=torch.Generator(),
+                                                          diagnostics=diagnostics)
+    plain = LETKF(radius=radius).analysis(x, yt, obs, generator=torch.Generator()).numpy()
+
+    steps = np.array([2.0**-k for k in range(STEP_HALVINGS + 1)] + [0.0])
+    xm = forecast.mean(0)
+    xa = forecast - xm
+    hx = np.arctan(forecast)
+    ya = hx - hx.mean(0)
+    expected_mean, chosen = np.empty(d), np.empty(d)
+    for i in range(d):
+        dist = np.abs(np.arange(d) - i)
+        taper = gaspari_cohn(np.minimum(dist, d - dist), radius)
+        rinv = np.diag(taper / std**2)
+        wbar = np.linalg.solve((n - 1) * np.eye(n) + ya @ rinv @ ya.T, ya @ rinv @ (y - hx.mean(0)))
+        cost = [0.5 * (n - 1) * a**2 * wbar @ wbar
+                + 0.5 * np.sum(taper * ((y - np.arctan(xm + a * (wbar @ xa))) / std) ** 2) for a in steps]
+        chosen[i] = steps[int(np.argmin(cost))]
+        expected_mean[i] = xm[i] + chosen[i] * (wbar @ xa[:, i])
+    assert chosen[2] < 1  # the full linearized step overshoots at the wrong-sign element
+    assert abs(plain.mean(0)[2] - xm[2]) > abs(expected_mean[2] - xm[2])
+    np.testing.assert_allclose(out.numpy().mean(0), expected_mean, atol=1e-10)
+    np.testing.assert_allclose(out.numpy() - out.numpy().mean(0), plain - plain.mean(0), atol=1e-10)
+    assert diagnostics == {"shortened_steps": pytest.approx(np.mean(chosen < 1))}
+
+
+@dataclass(frozen=True, eq=False)
+class Pointwise(ArcTan):
+    """:class:`ArcTan` that declares its pointwise map (as the shipped operators do)."""
+
+    def pointwise(self):
+        return torch.atan
+
+
+def test_letkf_line_search_leaves_linear_observations_unchanged():
+    d, n, radius = 12, 6, 1.7
+    rng = np.random.default_rng(8)
+    forecast = torch.as_tensor(3.0 * rng.standard_normal((n, d)))
+    index = np.arange(0, d, 2)
+    y, std = torch.as_tensor(rng.standard_normal(index.size)), rng.uniform(0.1, 1.0, index.size)
+    obs = space(Select(index), std, ring(d))
+    diagnostics: dict[str, float] = {}
+    searched = LETKF(radius=radius, line_search=True).analysis(forecast, y, obs, generator=torch.Generator(),
+                                                               diagnostics=diagnostics)
+    plain = LETKF(radius=radius).analysis(forecast, y, obs, generator=torch.Generator())
+    torch.testing.assert_close(searched, plain, rtol=0, atol=1e-12)
+    assert diagnostics == {"shortened_steps": 0.0}
+    assert LETKF(radius=1.0, line_search=True).diagnostic_names == ("shortened_steps",)
+
+
+def test_letkf_line_search_rejects_bad_settings():
+    with pytest.raises(ValueError, match="line_search must be true or false"):
+        LETKF(radius=1.0, line_search="yes")
+    with pytest.raises(ValueError, match="line_search needs a finite radius"):
+        LETKF(radius=math.inf, line_search=True)
+    problem = linear_problem((5,), p=3)
+    with pytest.raises(ValueError, match="line_search needs an observation operator"):
+        run(LETKF(radius=2.0, line_search=True), np.random.default_rng(0).standard_normal((6, 5)), problem)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import netCDF4
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from enff.models.base import Grid
+from enff.observations.base import Compose, ObservationOperator
 from enff.observations import (
     OPERATOR_KEYS,
     ATan,
@@ -462,3 +464,23 @@ def test_operator_keys_cover_the_builder() -> None:
     assert set(OPERATOR_KEYS) == {"operator", "exponent", "stride", "offset", "indices", "fraction",
                                   "fraction_seed", "patches"}
     assert all(isinstance(t, (type, tuple)) for t in OPERATOR_KEYS.values())
+
+
+def test_pointwise_map_reproduces_chains_of_selections_and_pointwise_maps():
+    x = torch.randn(3, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for operator in (ATan(), Subsample(every=2) | ATan(), Subsample(every=2) | Power(3.0) | Indices(np.array([4, 0]))):
+        index = operator.source_index((4, 6))
+        torch.testing.assert_close(operator.pointwise()(x.reshape(3, -1)[:, index]), operator(x), rtol=0, atol=0)
+
+    @dataclass(frozen=True)
+    class Mixing(ObservationOperator):
+        """Sum of all elements, located at element 0: not pointwise."""
+
+        def __call__(self, x):
+            return x.reshape(x.shape[0], -1).sum(dim=1, keepdim=True)
+
+        def source_index(self, shape):
+            return np.zeros(1, dtype=np.int64)
+
+    assert Mixing().pointwise() is None
+    assert Compose(Mixing(), ATan()).pointwise() is None

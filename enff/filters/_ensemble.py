@@ -20,8 +20,8 @@ from enff.observations.space import ObservationSpace
 from .base import Filter
 from .inflation import check_inflation, check_rtps, multiplicative_inflation, rtps
 
-__all__ = ["EnsembleFilter", "ObservedEnsemble", "adaptive_error_inflation", "ensemble_precision", "observe",
-           "square_root_update"]
+__all__ = ["EnsembleFilter", "ObservedEnsemble", "adaptive_error_inflation", "ensemble_precision", "mean_weights",
+           "observe", "square_root_update"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,17 @@ class ObservedEnsemble:
         ``S = (h(x_j) - mean_j h(x_j)) / s``, shape ``(member, n_obs)``, dimensionless.
     innovation:
         ``dy = (y - mean_j h(x_j)) / s``, shape ``(n_obs,)``, dimensionless.
+    mean:
+        ``mean_j h(x_j)``, shape ``(n_obs,)``, in observation units.
+    std:
+        The error std ``s`` the other two are scaled by, shape ``(n_obs,)``, in observation units (the
+        observation error std, times the inflation factor after :func:`adaptive_error_inflation`).
     """
 
     anomalies: torch.Tensor
     innovation: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
 
 def observe(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace) -> ObservedEnsemble:
@@ -55,7 +62,7 @@ def observe(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace) -> O
     hx = obs.h(forecast)
     std = obs.std.to(device=hx.device, dtype=hx.dtype)
     mean = hx.mean(dim=0)
-    return ObservedEnsemble((hx - mean) / std, (y.to(device=hx.device, dtype=hx.dtype) - mean) / std)
+    return ObservedEnsemble((hx - mean) / std, (y.to(device=hx.device, dtype=hx.dtype) - mean) / std, mean, std)
 
 
 def adaptive_error_inflation(observed: ObservedEnsemble, threshold: float = 1.0
@@ -76,7 +83,8 @@ def adaptive_error_inflation(observed: ObservedEnsemble, threshold: float = 1.0
     n = observed.anomalies.shape[0]
     prior_variance = observed.anomalies.pow(2).sum(dim=0) / (n - 1)
     factor = (observed.innovation.pow(2) / threshold**2 - prior_variance).clamp_min(1.0).sqrt()
-    return ObservedEnsemble(observed.anomalies / factor, observed.innovation / factor), factor
+    return ObservedEnsemble(observed.anomalies / factor, observed.innovation / factor, observed.mean,
+                            observed.std * factor), factor
 
 
 def ensemble_precision(anomalies: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,6 +105,31 @@ def ensemble_precision(anomalies: torch.Tensor, weight: torch.Tensor | None = No
     weighted = anomalies if weight is None else anomalies * weight.unsqueeze(-1)
     gram = weighted.transpose(-1, -2) @ anomalies
     return gram + (n - 1) * torch.eye(n, dtype=gram.dtype, device=gram.device)
+
+
+def mean_weights(anomalies: torch.Tensor, innovation: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Ensemble weights of the analysis mean, ``wbar = A^{-1} S^T diag(w) dy``, for a batch of local problems.
+
+    The analysis mean is ``mean + sum_j wbar[j] X'[j]``: the mean part of :func:`square_root_update`,
+    solved directly (float64) instead of through the eigen-decomposition.
+
+    Parameters
+    ----------
+    anomalies, innovation, weight:
+        ``S`` ``(..., n_obs, member)``, ``dy`` ``(..., n_obs)`` and the localization weights
+        ``(..., n_obs)`` or ``None``, as in :func:`square_root_update`.
+
+    Returns
+    -------
+    ``wbar``, shape ``(..., member)``, float64.
+    """
+    anomalies = anomalies.to(torch.float64)
+    weighted = innovation.to(torch.float64)
+    if weight is not None:
+        weight = weight.to(torch.float64)
+        weighted = weighted * weight
+    right = (weighted.unsqueeze(-2) @ anomalies).transpose(-1, -2)  # S^T diag(w) dy, (..., member, 1)
+    return torch.linalg.solve(ensemble_precision(anomalies, weight), right).squeeze(-1)
 
 
 def square_root_update(
