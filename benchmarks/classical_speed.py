@@ -46,6 +46,7 @@ def cases(max_d: int) -> list[dict[str, Any]]:
             {"filter": "etkf", "hyper": {}, "grid": "ring", "d": d},
             {"filter": "enkf", "hyper": {}, "grid": "ring", "d": d},
             {"filter": "letkf", "hyper": {"radius": RING_RADIUS}, "grid": "ring", "d": d},
+            {"filter": "letkf", "hyper": {"radius": RING_RADIUS, "line_search": True}, "grid": "ring", "d": d},
             {"filter": "bpf", "hyper": {"jitter": 0.1}, "grid": "ring", "d": d},
         ]
         if d <= LOCALIZED_ENKF_MAX_D:
