@@ -247,7 +247,11 @@ def test_observation_and_member_space_square_roots_agree(p, n):
     w[:, -1] = 0.0  # padding
     x = torch.randn(50, n, 3, generator=gen, dtype=torch.float64)
     x = x - x.mean(-2, keepdim=True)
-    torch.testing.assert_close(_observation_space_update(s, dy, x, w), _member_space_update(s, dy, x, w), rtol=0, atol=1e-12)
+    for observation_space, member_space in zip(_observation_space_update(s, dy, x, w), _member_space_update(s, dy, x, w)):
+        torch.testing.assert_close(observation_space, member_space, rtol=0, atol=1e-12)
+    precision = (n - 1) * torch.eye(n, dtype=torch.float64) + s.transpose(-1, -2) @ (w.unsqueeze(-1) * s)
+    mean_weights = torch.linalg.solve(precision, (s.transpose(-1, -2) @ (w * dy).unsqueeze(-1)).squeeze(-1))
+    torch.testing.assert_close(_member_space_update(s, dy, x, w)[1], mean_weights, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("shrink, factor", [(False, 1.0 + 0.6**2), (True, 1.0)])

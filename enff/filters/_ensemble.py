@@ -20,8 +20,8 @@ from enff.observations.space import ObservationSpace
 from .base import Filter
 from .inflation import check_inflation, check_rtps, multiplicative_inflation, rtps
 
-__all__ = ["EnsembleFilter", "ObservedEnsemble", "adaptive_error_inflation", "ensemble_precision", "mean_weights",
-           "observe", "square_root_update"]
+__all__ = ["EnsembleFilter", "ObservedEnsemble", "adaptive_error_inflation", "ensemble_precision", "observe",
+           "square_root_update", "square_root_update_and_weights"]
 
 
 @dataclass(frozen=True)
@@ -107,31 +107,6 @@ def ensemble_precision(anomalies: torch.Tensor, weight: torch.Tensor | None = No
     return gram + (n - 1) * torch.eye(n, dtype=gram.dtype, device=gram.device)
 
 
-def mean_weights(anomalies: torch.Tensor, innovation: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Ensemble weights of the analysis mean, ``wbar = A^{-1} S^T diag(w) dy``, for a batch of local problems.
-
-    The analysis mean is ``mean + sum_j wbar[j] X'[j]``: the mean part of :func:`square_root_update`,
-    solved directly (float64) instead of through the eigen-decomposition.
-
-    Parameters
-    ----------
-    anomalies, innovation, weight:
-        ``S`` ``(..., n_obs, member)``, ``dy`` ``(..., n_obs)`` and the localization weights
-        ``(..., n_obs)`` or ``None``, as in :func:`square_root_update`.
-
-    Returns
-    -------
-    ``wbar``, shape ``(..., member)``, float64.
-    """
-    anomalies = anomalies.to(torch.float64)
-    weighted = innovation.to(torch.float64)
-    if weight is not None:
-        weight = weight.to(torch.float64)
-        weighted = weighted * weight
-    right = (weighted.unsqueeze(-2) @ anomalies).transpose(-1, -2)  # S^T diag(w) dy, (..., member, 1)
-    return torch.linalg.solve(ensemble_precision(anomalies, weight), right).squeeze(-1)
-
-
 def square_root_update(
     anomalies: torch.Tensor,
     innovation: torch.Tensor,
@@ -170,31 +145,45 @@ def square_root_update(
     of ``A`` dwarfs the smallest, ``N - 1`` (the member-mean direction), and float32 rounding can make the
     latter negative (seen at d = 1e6 with arctan observations of std 0.05: NaN analyses).
     """
+    return square_root_update_and_weights(anomalies, innovation, state_anomalies, weight)[0]
+
+
+def square_root_update_and_weights(
+    anomalies: torch.Tensor,
+    innovation: torch.Tensor,
+    state_anomalies: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`square_root_update` and the mean weights ``wbar = A^{-1} S^T diag(w) dy`` it used.
+
+    Returns ``T^T X'`` (``(..., member, n_state)``, dtype of ``state_anomalies``) and ``wbar``
+    (``(..., member)``, float64): the analysis mean is ``mean + sum_j wbar[j] X'[j]``.
+    """
     work = torch.float64
     solve = _observation_space_update if anomalies.shape[-2] < anomalies.shape[-1] else _member_space_update
-    update = solve(anomalies.to(work), innovation.to(work), state_anomalies.to(work),
-                   None if weight is None else weight.to(work))
-    return update.to(state_anomalies.dtype)
+    update, weights = solve(anomalies.to(work), innovation.to(work), state_anomalies.to(work),
+                            None if weight is None else weight.to(work))
+    return update.to(state_anomalies.dtype), weights
 
 
 def _member_space_update(
     anomalies: torch.Tensor, innovation: torch.Tensor, state_anomalies: torch.Tensor, weight: torch.Tensor | None
-) -> torch.Tensor:
-    """:func:`square_root_update` through ``A = Q diag(lambda) Q^T`` (``N x N``)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`square_root_update_and_weights` through ``A = Q diag(lambda) Q^T`` (``N x N``)."""
     n = anomalies.shape[-1]
     eigenvalues, vectors = torch.linalg.eigh(ensemble_precision(anomalies, weight))
     weighted = innovation if weight is None else innovation * weight
     projected = (weighted.unsqueeze(-2) @ anomalies) @ vectors  # dy^T diag(w) S Q, (..., 1, member)
-    rotated = vectors.transpose(-1, -2) @ state_anomalies  # Q^T X'
-    mean_increment = (projected / eigenvalues.unsqueeze(-2)) @ rotated  # wbar^T X'
+    weights = (projected / eigenvalues.unsqueeze(-2)) @ vectors.transpose(-1, -2)  # wbar^T, (..., 1, member)
     scale = ((n - 1) / eigenvalues).sqrt().unsqueeze(-1)
-    return vectors @ (scale * rotated) + mean_increment
+    rotated = vectors.transpose(-1, -2) @ state_anomalies  # Q^T X'
+    return vectors @ (scale * rotated) + weights @ state_anomalies, weights.squeeze(-2)
 
 
 def _observation_space_update(
     anomalies: torch.Tensor, innovation: torch.Tensor, state_anomalies: torch.Tensor, weight: torch.Tensor | None
-) -> torch.Tensor:
-    """:func:`square_root_update` through ``K = B B^T = U diag(lambda) U^T`` (``n_obs x n_obs``).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`square_root_update_and_weights` through ``K = B B^T = U diag(lambda) U^T`` (``n_obs x n_obs``).
 
     With ``c = N - 1``, ``f(l) = (c + l)^{-1/2}`` and ``A = c I + B^T B``:
     ``sqrt(c) A^{-1/2} = I + B^T U diag(sqrt(c) g(lambda)) U^T B`` where
@@ -207,10 +196,12 @@ def _observation_space_update(
     eigenvalues = eigenvalues.clamp_min(0.0)
     rooted = innovation if weight is None else innovation * weight.sqrt()
     projected = (rooted.unsqueeze(-2) @ vectors) / (c + eigenvalues).unsqueeze(-2)  # (..., 1, p)
+    weights = (projected @ vectors.transpose(-1, -2)) @ root  # wbar^T, (..., 1, member)
     rotated = vectors.transpose(-1, -2) @ (root @ state_anomalies)  # U^T B X', (..., p, n_state)
     total = (c + eigenvalues).sqrt()
     gain = -1.0 / (total * (total + c**0.5))  # sqrt(c) g(lambda), (..., p)
-    return state_anomalies + root.transpose(-1, -2) @ (vectors @ (gain.unsqueeze(-1) * rotated)) + projected @ rotated
+    spread = state_anomalies + root.transpose(-1, -2) @ (vectors @ (gain.unsqueeze(-1) * rotated))
+    return spread + weights @ state_anomalies, weights.squeeze(-2)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 
 from enff.observations.space import ObservationSpace
 
-from ._ensemble import ObservedEnsemble, mean_weights, square_root_update
+from ._ensemble import ObservedEnsemble, square_root_update_and_weights
 from .base import register
 from .etkf import ETKF
 from .localization import check_radius, local_observations
@@ -88,10 +88,10 @@ class LETKF(ETKF):
             local = index[rows]
             elements = active[rows]
             local_anomalies = anomalies[:, elements].T.unsqueeze(-1)  # (chunk, member, 1)
-            update = square_root_update(scaled[local], observed.innovation[local], local_anomalies, weight[rows])
+            update, wbar = square_root_update_and_weights(scaled[local], observed.innovation[local],
+                                                          local_anomalies, weight[rows])  # wbar: (chunk, member)
             update = update.squeeze(-1).T  # (member, chunk)
             if pointwise is not None:
-                wbar = mean_weights(scaled[local], observed.innovation[local], weight[rows])  # (chunk, member)
                 source = sources[local]  # (chunk, max_local)
                 increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar)
                 length = best_step_lengths(wbar, mean[source], increment, observed.innovation[local],
