@@ -7,9 +7,10 @@ overshoot to states far outside the attractor. Evaluating the local cost
 
     J(a) = (N - 1) / 2 * a^2 |wbar|^2 + 1/2 * sum_j w_j ((y_j - h_j(xbar + a X' wbar)) / s_j)^2
 
-(the ensemble-space cost of Hunt et al., 2007, restricted to the line ``w = a wbar``) at ``a = 1, 1/2, ..., 2^-STEP_HALVINGS``
-and ``a = 0`` and keeping the smallest bounds every increment by what the observations actually support.
-For a linear ``h`` the cost is a quadratic with its minimum at ``a = 1`` exactly, so the update is unchanged.
+(the ensemble-space cost of Hunt et al., 2007, restricted to the line ``w = a wbar``) at
+``a = 1, 1/2, ..., 2^-STEP_HALVINGS`` and ``a = 0``, and taking the step with the smallest cost, bounds
+every increment by what the observations support. For a linear ``h`` the cost is a quadratic with its
+minimum at ``a = 1`` exactly, so the update is unchanged.
 """
 
 from __future__ import annotations
