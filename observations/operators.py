@@ -41,11 +41,6 @@ __all__ = [
 ]
 
 
-def _unchanged(z: torch.Tensor) -> torch.Tensor:
-    """The pointwise map of a selection."""
-    return z
-
-
 def _shape(shape: Sequence[int]) -> tuple[int, ...]:
     """Normalise a state shape to a tuple of ints; raise ``ValueError`` if it has no elements."""
     shape = tuple(int(n) for n in shape)
@@ -187,8 +182,8 @@ class Selection(ObservationOperator):
         return flatten_members(x)[:, self._index_on(tuple(x.shape[1:]), x.device)]
 
     def pointwise(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The identity: a selection passes each kept element through unchanged."""
-        return _unchanged
+        """:meth:`Identity.apply`: a selection passes each kept element through unchanged."""
+        return Identity().apply
 
     def _index_on(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         cache = self.__dict__.setdefault("_index_cache", {})

@@ -25,7 +25,7 @@ from enff.filters.particle import (
 )
 from enff.models.base import Grid
 from enff.observations.base import ObservationOperator, flatten_members
-from enff.observations.operators import Identity
+from enff.observations.operators import ATan, Identity
 from enff.observations.space import ObservationSpace, Select
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -569,7 +569,7 @@ def test_letkf_line_search_matches_a_direct_minimization_of_the_local_cost():
     forecast[:, 2] = -5.0 + rng.standard_normal(n)
     std = np.full(d, 0.05)
     y = np.arctan(truth) + std * rng.standard_normal(d)
-    obs = space(Pointwise(), std, ring(d))
+    obs = space(ATan(), std, ring(d))
     x, yt = torch.as_tensor(forecast), torch.as_tensor(y)
     diagnostics: dict[str, float] = {}
     out = LETKF(radius=radius, line_search=True).analysis(x, yt, obs, generator=torch.Generator(),
@@ -596,14 +596,6 @@ def test_letkf_line_search_matches_a_direct_minimization_of_the_local_cost():
     np.testing.assert_allclose(out.numpy().mean(0), expected_mean, atol=1e-10)
     np.testing.assert_allclose(out.numpy() - out.numpy().mean(0), plain - plain.mean(0), atol=1e-10)
     assert diagnostics == {"shortened_steps": pytest.approx(np.mean(chosen < 1))}
-
-
-@dataclass(frozen=True, eq=False)
-class Pointwise(ArcTan):
-    """:class:`ArcTan` that declares its pointwise map (as the shipped operators do)."""
-
-    def pointwise(self):
-        return torch.atan
 
 
 def test_letkf_line_search_leaves_linear_observations_unchanged():
