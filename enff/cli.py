@@ -1,6 +1,7 @@
-"""The ``enff`` command: ``run``, ``score``, ``plot`` and ``cases``.
+"""The ``enff`` command: ``run``, ``score``, ``plot``, ``cases``, ``learn``, ``sweep`` and ``compare``.
 
-Exit status: 0 success, 2 invalid input (case, options, files), 3 the run diverged.
+Exit status: 0 success, 2 invalid input (case, options, files), 3 the run diverged, 4 some runs of a
+sweep diverged or failed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from enff.cli_sweep import COMMANDS as SWEEP_COMMANDS
+from enff.cli_sweep import add_commands as add_sweep_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -49,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--max-epochs", type=int, default=500, help="upper bound on training epochs")
     learn.add_argument("--seed", type=int, default=0, help="seed of the weights, split and batches")
     learn.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sweep_commands(sub)
     return parser
 
 
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``enff`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     handler = {"run": _cmd_run, "score": _cmd_score, "plot": _cmd_plot, "cases": _cmd_cases,
-               "learn": _cmd_learn}[args.command]
+               "learn": _cmd_learn, **SWEEP_COMMANDS}[args.command]
     return handler(args)
 
 

@@ -264,3 +264,4 @@ def open_run(path: str | Path, **kwargs: Any) -> xr.Dataset:
     if ds.sizes.get("time", 0):
         ds = ds.isel(time=(ds["cycle_complete"] == 1).values)
     return ds
+from enff.runset import open_runs  # noqa: E305,E402,F401  many run files as one Dataset (enff.runset)
