@@ -61,6 +61,7 @@ from .fmpe import FMPEPosterior
 from .networks import ConditionalFlow, EmbeddingConfig, NetworkConfig, seeded_init
 from .ode import SolverConfig, integrate
 from .posterior import Posterior, check_pairs, check_rows, new_generator, sample_in_support
+from .storage import config_from_data
 from .training import TrainingConfig, TrainingHistory, train
 
 __all__ = ["FMCPE", "FMCPEPosterior", "MIN_CALIBRATION", "small_set_training"]
@@ -419,12 +420,16 @@ class FMCPEPosterior(Posterior):
     @classmethod
     def _from_payload(cls, payload: dict[str, Any]) -> FMCPEPosterior:
         stage = FMPEPosterior._from_payload(payload["stage_one"])
+        network, reader = config_from_data(NetworkConfig, payload["network"]), config_from_data(Reader, payload["reader"])
         flows = []
         for name, dim in (("observation_flow", stage.x_dim), ("parameter_flow", stage.theta_dim)):
-            context = stage.x_dim if payload["reader"].condition == "data" else 2 * stage.theta_dim
-            flow = ConditionalFlow(dim, context, payload["network"])
+            context = stage.x_dim if reader.condition == "data" else 2 * stage.theta_dim
+            flow = ConditionalFlow(dim, context, network)
             flow.load_state_dict(payload[name])
             flows.append(flow)
-        return cls(stage, *flows, payload["network"], payload["solver"], payload["source"],
-                   payload["n_monte_carlo"], payload["reader"], payload["history"], payload["estimator"],
-                   payload.get("parameter_source_noise", 0.0))
+        history = payload["history"]
+        if history is not None:
+            history = {key: config_from_data(TrainingHistory, value) for key, value in history.items()}
+        return cls(stage, *flows, network, config_from_data(SolverConfig, payload["solver"]), tuple(payload["source"]),
+                   int(payload["n_monte_carlo"]), reader, history, str(payload["estimator"]),
+                   float(payload.get("parameter_source_noise", 0.0)))

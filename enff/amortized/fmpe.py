@@ -24,6 +24,7 @@ from .flow_matching import flow_matching_loss, ot_path, sample_time
 from .networks import ConditionalFlow, NetworkConfig, seeded_init
 from .ode import SolverConfig, integrate
 from .posterior import Posterior, Standardizer, check_pairs, check_rows, new_generator, sample_in_support
+from .storage import config_from_data, prior_from_data
 from .training import TrainingConfig, TrainingHistory, train
 
 __all__ = ["FMPE", "FMPEPosterior", "prior_dim"]
@@ -218,8 +219,10 @@ class FMPEPosterior(Posterior):
     @classmethod
     def _from_payload(cls, payload: dict[str, Any]) -> FMPEPosterior:
         theta_scaler, x_scaler = Standardizer(*payload["theta_scaler"]), Standardizer(*payload["x_scaler"])
-        flow = ConditionalFlow(int(theta_scaler.mean.shape[0]), int(x_scaler.mean.shape[0]), payload["network"])
+        network = config_from_data(NetworkConfig, payload["network"])
+        flow = ConditionalFlow(int(theta_scaler.mean.shape[0]), int(x_scaler.mean.shape[0]), network)
         flow.load_state_dict(payload["state_dict"])
-        return cls(flow, payload["network"], theta_scaler, x_scaler, payload["prior"], payload["solver"],
-                   payload["hutchinson_above"], payload["max_rejection_rounds"], payload["history"],
-                   payload["estimator"])
+        history = None if payload["history"] is None else config_from_data(TrainingHistory, payload["history"])
+        return cls(flow, network, theta_scaler, x_scaler, prior_from_data(payload["prior"]),
+                   config_from_data(SolverConfig, payload["solver"]), int(payload["hutchinson_above"]),
+                   int(payload["max_rejection_rounds"]), history, str(payload["estimator"]))

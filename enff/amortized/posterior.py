@@ -21,11 +21,10 @@ from typing import Any, ClassVar
 import torch
 from torch.distributions import Distribution
 
+from .storage import PosteriorFileError, read_posterior_file, write_posterior_file
+
 __all__ = ["Posterior", "Standardizer", "check_pairs", "check_rows", "load_posterior", "new_generator",
            "sample_in_support"]
-
-_FORMAT = "enff.amortized.posterior/1"
-
 
 def new_generator(generator: torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
     """Return ``generator``, or a fresh one on ``device`` seeded from operating-system entropy."""
@@ -149,21 +148,24 @@ class Posterior(ABC):
 
     @abstractmethod
     def _payload(self) -> dict[str, Any]:
-        """Everything needed to rebuild this posterior (configuration, tensors, weights, prior)."""
+        """Everything needed to rebuild this posterior (configuration dataclasses, tensors, weights, prior),
+        convertible to plain data by :func:`enff.amortized.storage.to_plain`."""
 
     @classmethod
     @abstractmethod
     def _from_payload(cls, payload: dict[str, Any]) -> Posterior:
-        """Rebuild a posterior from :meth:`_payload`'s output."""
+        """Rebuild a posterior from :meth:`_payload`'s output converted to plain data (dataclasses as dicts,
+        the prior as its plain description)."""
 
     def save(self, path: str | Path) -> None:
-        """Write the posterior, its configuration and its prior to one file (``torch.save`` format)."""
-        torch.save({"format": _FORMAT, "class": type(self).__name__, "payload": self._payload()}, Path(path))
+        """Write the posterior, its configuration and its prior to one file of tensors and plain data
+        (format described in :mod:`enff.amortized.storage`), atomically."""
+        write_posterior_file(path, type(self).__name__, self._payload())
 
     @staticmethod
-    def load(path: str | Path) -> Posterior:
+    def load(path: str | Path, *, trust_legacy: bool | None = None) -> Posterior:
         """Read a posterior written by :meth:`save` (see :func:`load_posterior`)."""
-        return load_posterior(path)
+        return load_posterior(path, trust_legacy=trust_legacy)
 
     def _broadcast(self, theta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """Flatten ``theta`` ``(..., batch, d)`` and broadcast ``x`` to match; returns rows and output shape."""
@@ -178,15 +180,18 @@ class Posterior(ABC):
         return theta.reshape(-1, self.theta_dim), xs, out_shape
 
 
-def load_posterior(path: str | Path) -> Posterior:
-    """Read a posterior file written by :meth:`Posterior.save`.
+def load_posterior(path: str | Path, *, trust_legacy: bool | None = None) -> Posterior:
+    """Read a posterior file written by :meth:`Posterior.save`; reading it never runs code.
 
-    The file holds a pickled prior distribution, so load only files you trust.
+    Files of the old pickled format are refused unless ``trust_legacy`` is true (``None``: the
+    environment variable ``ENFF_TRUST_LEGACY_POSTERIORS=1``); reading one runs any code it holds.
+    Raises :class:`~enff.amortized.storage.PosteriorFileError` (a ``ValueError``) naming ``path`` for a
+    file that is missing, unreadable, refused, foreign or inconsistent.
     """
-    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
-    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not an enff amortized posterior file (format {_FORMAT})")
-    name = blob["class"]
+    name, payload = read_posterior_file(path, trust_legacy)
     if name not in Posterior._registry:
-        raise ValueError(f"{path} holds an unknown posterior class {name!r}; known: {sorted(Posterior._registry)}")
-    return Posterior._registry[name]._from_payload(blob["payload"])
+        raise PosteriorFileError(f"{path} holds an unknown posterior class {name!r}; known: {sorted(Posterior._registry)}")
+    try:
+        return Posterior._registry[name]._from_payload(payload)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise PosteriorFileError(f"{path}: inconsistent {name} posterior file ({type(err).__name__}: {err})") from None

@@ -34,8 +34,9 @@ class LearnedAnalysis(Filter):
     Attributes
     ----------
     posterior:
-        Path of the posterior file (relative to the working directory). The file holds a pickled prior,
-        so use only files you trust.
+        Path of the posterior file (relative to the working directory): tensors and plain data, read
+        without running code (old pickled files are refused unless ``ENFF_TRUST_LEGACY_POSTERIORS=1``).
+        It is read when the filter is built, so an unreadable file is refused before a run starts.
     """
 
     posterior: str = ""
@@ -45,6 +46,7 @@ class LearnedAnalysis(Filter):
             raise ValueError("the learned analysis needs posterior = '<file>' (train one with `enff learn`)")
         if not Path(self.posterior).is_file():
             raise ValueError(f"posterior file {self.posterior!r} does not exist (train one with `enff learn`)")
+        self.flow  # read (and check) the file now, not in the first analysis
 
     @cached_property
     def flow(self) -> Posterior:
