@@ -11,7 +11,7 @@ import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import netCDF4
 import numpy as np
@@ -42,6 +42,7 @@ class RunInfo:
     cycles_planned: int
     cycles_done: int
     status: Status
+    complete: np.ndarray  # (time,) bool: which records are complete
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -86,6 +87,7 @@ def read_run_info(path: str | Path) -> RunInfo:
         cycles_planned=planned,
         cycles_done=cycles_done,
         status=run_status(path, cycles_done, planned),
+        complete=done == 1,
     )
 
 
@@ -113,11 +115,17 @@ def _override_coordinate(infos: list[RunInfo], key: str) -> np.ndarray:
     return np.array([format_value(info.settings[key]) if key in info.settings else "" for info in infos])
 
 
-def _keep_complete_cycles(ds: xr.Dataset) -> xr.Dataset:
-    ds = ds.drop_vars([v for v in _RESTART_VARIABLES if v in ds.variables])
-    if ds.sizes.get("time", 0):
-        ds = ds.isel(time=(ds["cycle_complete"] == 1).values)
-    return ds.expand_dims("run")
+def _keep_complete_cycles(masks: Mapping[str, np.ndarray]) -> Callable[[xr.Dataset], xr.Dataset]:
+    """The ``preprocess`` of :func:`open_runs`: drop the restart area and the records that are not
+    complete (``masks``: source path -> complete-record mask, read beforehand), add the ``run`` dim."""
+
+    def keep(ds: xr.Dataset) -> xr.Dataset:
+        ds = ds.drop_vars([v for v in _RESTART_VARIABLES if v in ds.variables])
+        if ds.sizes.get("time", 0):
+            ds = ds.isel(time=masks[ds.encoding["source"]])
+        return ds.expand_dims("run")
+
+    return keep
 
 
 def open_runs(paths: Iterable[str | Path], **kwargs: Any) -> xr.Dataset:
@@ -151,7 +159,9 @@ def open_runs(paths: Iterable[str | Path], **kwargs: Any) -> xr.Dataset:
     keys = override_keys(infos)
     options: dict[str, Any] = {"combine": "nested", "concat_dim": "run", "join": "outer", "data_vars": "all",
                                "coords": "minimal", "compat": "override", "combine_attrs": "drop_conflicts"}
-    ds = xr.open_mfdataset([str(p) for p in paths], preprocess=_keep_complete_cycles, **{**options, **kwargs})
+    sources = [str(p.resolve()) for p in paths]
+    masks = {source: info.complete for source, info in zip(sources, infos)}
+    ds = xr.open_mfdataset(sources, preprocess=_keep_complete_cycles(masks), **{**options, **kwargs})
     labels = [" ".join(f"{k}={format_value(info.settings[k])}" for k in keys if k in info.settings) for info in infos]
     coords: dict[str, Any] = {
         "path": ("run", [str(info.path) for info in infos]),
