@@ -30,11 +30,12 @@ _COUNTS = ("diverged", "failed", "incomplete")
 
 
 def find_run_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Run files named directly, and the ``*.nc`` files directly inside named folders (sorted)."""
+    """Run files named directly, and the ``*.nc`` files directly inside named folders (sorted; hidden
+    names, such as files still being prepared, left out)."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files.extend(sorted(path.glob("*.nc")))
+            files.extend(sorted(p for p in path.glob("*.nc") if not p.name.startswith(".")))
         elif path.is_file():
             files.append(path)
         else:
@@ -105,7 +106,13 @@ def compare(paths: Iterable[str | Path], burn_in: int = 0) -> xr.Dataset:
             zip(runs["case"].values, runs["filter"].values, runs["overrides"].values)]
     configs = list(dict.fromkeys(keys))
     seeds = sorted({int(s) for s in runs["seed"].values})
-    slot = {(keys[i], int(runs["seed"].values[i])): i for i in range(len(keys))}
+    slot: dict[tuple[tuple[str, str, str], int], int] = {}
+    for i, key in enumerate(keys):
+        seed = int(runs["seed"].values[i])
+        if (key, seed) in slot:
+            raise ValueError(f"{runs['path'].values[slot[key, seed]]} and {runs['path'].values[i]} are two runs of "
+                             f"one configuration with the same seed {seed}; compare one of them")
+        slot[key, seed] = i
     index = np.array([[slot.get((cfg, seed), -1) for seed in seeds] for cfg in configs])  # (config, seed)
     present = index >= 0
 
