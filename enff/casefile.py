@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ _RUN_KEYS: dict[str, Any] = {
     "save_analysis": (bool, str),
     "save_forecast": bool,
 }
+#: Largest run.seed: TOML integers are signed 64-bit, and the seed is stored in the case text of every run file.
+MAX_SEED = 2**63 - 1
 _RUN_DEFAULTS: dict[str, Any] = {
     "spinup": 0,
     "seed": 0,
@@ -227,8 +230,21 @@ def _validate_filter(where: str, section: str, cls: type, hyper: Mapping[str, An
     _construct(where, section, cls, hyper)
 
 
+def _reject_nan(where: str, value: Any, key: str) -> None:
+    """Raise :class:`CaseError` naming the first NaN anywhere in ``value`` (a table, list or number)."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _reject_nan(where, item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_nan(where, item, f"{key}[{index}]")
+    elif isinstance(value, float) and math.isnan(value):
+        raise CaseError(f"{where}: {key} is nan; give a number")
+
+
 def _validate(where: str, tables: dict[str, Any]) -> None:
     import enff.models
+    from enff.budget import check_budget
     from enff.filters import FILTERS, filter_names
     from enff.observations.config import OPERATOR_KEYS, operator_from_config
 
@@ -245,6 +261,11 @@ def _validate(where: str, tables: dict[str, Any]) -> None:
         raise CaseError(f"{where}: model.name must be one of {', '.join(MODELS)}, got {name!r}")
     model_cls = getattr(enff.models, MODELS[name])
     _check_keys(where, model_cfg, _signature_keys(model_cls.__init__), "model")
+    _reject_nan(where, tables, "")
+    try:
+        check_budget(tables, model_cls)  # before the model is built: building it allocates its grid
+    except ValueError as err:
+        raise CaseError(f"{where}: {err}") from None
     model = _construct(where, "model", model_cls, model_cfg)
 
     obs_cfg = tables["observations"]
@@ -257,6 +278,9 @@ def _validate(where: str, tables: dict[str, Any]) -> None:
     source = obs_cfg.get("source", "synthetic")
     if source not in ("synthetic", "file"):
         raise CaseError(f"{where}: observations.source must be 'synthetic' or 'file', got {source!r}")
+    if source != "file" and "file" in obs_cfg:
+        raise CaseError(f"{where}: observations.file is given but observations.source is {source!r}; "
+                        "add source = \"file\" to read the file, or remove file for a synthetic twin")
     if source == "file":
         extra = sorted(set(obs_cfg) - {"source", "file", "every"})
         if extra:
@@ -272,8 +296,8 @@ def _validate(where: str, tables: dict[str, Any]) -> None:
             raise CaseError(f"{where}: [observations] {err}") from None
         std = obs_cfg["std"]
         stds = std if isinstance(std, list) else [std]
-        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in stds):
-            raise CaseError(f"{where}: observations.std must be positive (a number or a list), got {std!r}")
+        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf for s in stds):
+            raise CaseError(f"{where}: observations.std must be positive and finite (a number or a list), got {std!r}")
         n_obs = operator.output_size(model.state_shape)
         if isinstance(std, list) and len(std) != n_obs:
             raise CaseError(f"{where}: observations.std has {len(std)} entries but the operator gives {n_obs} observations")
@@ -284,8 +308,8 @@ def _validate(where: str, tables: dict[str, Any]) -> None:
         raise CaseError(f"{where}: ensemble.size must be an integer >= 2, got {ens.get('size')!r}")
     if ens.get("initial_mean", "truth") not in ("truth", "zero"):
         raise CaseError(f"{where}: ensemble.initial_mean must be 'truth' or 'zero', got {ens['initial_mean']!r}")
-    if ens.get("initial_std", 1.0) < 0:
-        raise CaseError(f"{where}: ensemble.initial_std must be >= 0, got {ens['initial_std']!r}")
+    if not 0 <= ens.get("initial_std", 1.0) < math.inf:
+        raise CaseError(f"{where}: ensemble.initial_std must be finite and >= 0, got {ens['initial_std']!r}")
 
     filt = dict(tables["filter"])
     fname = filt.pop("name", None)
@@ -305,8 +329,8 @@ def _validate(where: str, tables: dict[str, Any]) -> None:
         raise CaseError(f"{where}: run.cycles must be >= 1, got {run['cycles']!r}")
     if run.get("spinup", 0) < 0:
         raise CaseError(f"{where}: run.spinup must be >= 0, got {run['spinup']!r}")
-    if run.get("seed", 0) < 0:
-        raise CaseError(f"{where}: run.seed must be >= 0, got {run['seed']!r}")
+    if not 0 <= run.get("seed", 0) <= MAX_SEED:
+        raise CaseError(f"{where}: run.seed must be from 0 to 2**63 - 1 (a TOML integer), got {run['seed']!r}")
     if run.get("dtype", "float64") not in ("float32", "float64"):
         raise CaseError(f"{where}: run.dtype must be 'float32' or 'float64', got {run['dtype']!r}")
     device = run.get("device", "cpu")
@@ -362,4 +386,10 @@ def load_case(
 ) -> Case:
     """Read and validate a case file (a path, or the name of a shipped case); see :func:`parse_case`."""
     resolved = resolve_case_path(path)
-    return parse_case(resolved.read_text(), str(resolved), overrides=overrides, filter_name=filter_name)
+    try:
+        text = resolved.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CaseError(f"{resolved}: not a text (UTF-8 TOML) case file: byte {err.start} is {err.object[err.start]:#04x}") from None
+    except OSError as err:
+        raise CaseError(f"{resolved}: cannot read the case file: {err.strerror}") from None
+    return parse_case(text, str(resolved), overrides=overrides, filter_name=filter_name)

@@ -65,25 +65,28 @@ def _fail(message: str, status: int = EXIT_INPUT) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from enff.casefile import CaseError, load_case, parse_case
     from enff.cycle import Divergence, run_case
-    from enff.runfile import RunFile
+    from enff.preflight import check_burn_in, check_observations_unchanged, check_output, input_files, read_run_attributes
     from enff.summary import format_table, summarize
 
+    if args.resume and (args.filter_name or args.overrides):
+        return _fail("--resume continues the case stored in the run file as it is; --filter and --set cannot "
+                     "change it (start a new run with another --out to change the case)")
     try:
         if args.case is None:
             if not (args.resume and args.out):
                 return _fail("run needs a CASE (or --resume with --out FILE)")
-            if not args.out.is_file():
-                return _fail(f"{args.out}: cannot resume, no such run file")
-            writer, point = RunFile.reopen(args.out)
-            writer.close()
-            case = parse_case(point.attrs["case"], f"{args.out} (stored case)")
+            case = parse_case(read_run_attributes(args.out)["case"], f"{args.out} (stored case)")
         else:
             case = load_case(args.case, overrides=args.overrides, filter_name=args.filter_name)
+        out = args.out
+        if out is None:
+            out = Path("out") / f"{Path(case.source).stem}_{case.filter['name']}.nc"
+        check_output(out, input_files(case), replace=args.resume or args.overwrite)
+        check_burn_in(args.burn_in, int(case.run["cycles"]))
+        if args.resume:
+            check_observations_unchanged(out, read_run_attributes(out), case)
     except (CaseError, ValueError) as err:
         return _fail(str(err))
-    out = args.out
-    if out is None:
-        out = Path("out") / f"{Path(case.source).stem}_{case.filter['name']}.nc"
     try:
         summary = run_case(case, out, resume=args.resume, overwrite=args.overwrite,
                            progress=False if args.quiet else None)
@@ -139,10 +142,16 @@ def _cmd_cases(args: argparse.Namespace) -> int:
 def _cmd_learn(args: argparse.Namespace) -> int:
     from enff.amortized import TrainingConfig
     from enff.amortized.analysis import analysis_training_set, fit_learned_analysis
+    from enff.preflight import check_burn_in, check_output, existing_inputs
 
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         return _fail(f"no such run file: {', '.join(missing)}")
+    try:
+        check_output(args.out, existing_inputs(args.files, "a run file"), replace=True)
+        check_burn_in(args.burn_in, None)
+    except ValueError as err:
+        return _fail(str(err))
     try:
         theta, context = analysis_training_set(args.files, burn_in=args.burn_in)
         training = TrainingConfig(max_epochs=args.max_epochs, progress=False if args.quiet else None)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 import enff
 from enff import scores
 from enff.casefile import Case
+from enff.preflight import check_observations_unchanged, observation_checksum
 from enff.runfile import CycleRecord, RunFile
 
 __all__ = ["Divergence", "Experiment", "RunSummary", "run_case", "seeded_generator"]
@@ -122,6 +123,7 @@ class Experiment:
             "dtype": str(self.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(),
             "observation_every_steps": self.every,
+            **observation_checksum(self.case),
             "history": f"{wallclock.strftime('%Y-%m-%dT%H:%M:%SZ', wallclock.gmtime())} created by enff run",
         }
 
@@ -237,6 +239,11 @@ def run_case(
         if stored != case.to_toml():
             writer.close()
             raise ValueError(f"{out}: the file was written by a different case; resume with the case stored in it")
+        try:
+            check_observations_unchanged(out, point.attrs, case)
+        except ValueError:
+            writer.close()
+            raise
         cycles_done = point.cycles_done
         truth = None if point.truth is None else torch.as_tensor(point.truth, device=exp.device, dtype=exp.dtype)
         ensemble = torch.as_tensor(point.analysis, device=exp.device, dtype=exp.dtype)

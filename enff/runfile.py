@@ -252,6 +252,8 @@ def _attr(value: Any) -> Any:
     """netCDF-3 attributes hold text or numbers only."""
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, (int, np.integer)) and not -(2**31) <= value < 2**31:
+        return str(value)  # netCDF-3 has no 64-bit integer attributes: keep every digit, as text
     if isinstance(value, (int, float, np.integer, np.floating)):
         return value
     return str(value)

@@ -123,7 +123,12 @@ class NetCDFObservations(ObservationSource):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"observation file not found: {self.path}")
-        self._dataset = xr.open_dataset(self.path)
+        try:
+            self._dataset = xr.open_dataset(self.path)
+        except Exception as err:  # xarray and the netCDF libraries raise ValueError, OSError, ... for foreign files
+            reason = str(err).partition("\n")[0].split(". ")[0][:200]
+            raise ValueError(f"{self.path}: not a readable netCDF observation file (truncated, or another format: "
+                             f"{type(err).__name__}: {reason})") from None
         try:
             self.operator, self.error = self._read_setup(state_shape)
         except Exception as err:

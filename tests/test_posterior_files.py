@@ -90,8 +90,10 @@ def test_hostile_file_does_not_run(kind, tmp_path, monkeypatch):
     monkeypatch.delenv(TRUST_LEGACY_ENV, raising=False)
     path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
     _hostile(kind, path, marker)
-    with pytest.raises(PosteriorFileError, match=f"{path}: refused"):
+    with pytest.raises(PosteriorFileError, match=f"{path}: (refused|not a readable posterior file)"):
         load_posterior(path)
+    with pytest.raises(PosteriorFileError, match=f"{path}: (refused|not a readable posterior file)"):
+        load_posterior(path, trust_legacy=False)
     assert not marker.exists()
 
 

@@ -75,7 +75,12 @@ def analysis_training_set(paths: Sequence[str | Path], burn_in: int = 0) -> tupl
         raise ValueError("analysis_training_set needs at least one run file")
     thetas, contexts = [], []
     for path in paths:
-        with open_run(path) as ds:
+        try:
+            run = open_run(path)
+        except (OSError, ValueError, KeyError) as err:  # not netCDF, truncated, or no cycle_complete
+            reason = str(err).partition("\n")[0].split(". ")[0][:200]
+            raise ValueError(f"{path}: not a readable run file ({type(err).__name__}: {reason})") from None
+        with run as ds:
             if "truth" not in ds:
                 raise ValueError(f"{path}: no truth in this run file; learned analyses train on twin experiments")
             ds = ds.isel(time=slice(burn_in, None))

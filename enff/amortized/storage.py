@@ -25,6 +25,7 @@ import dataclasses
 import os
 import pickle
 import typing
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -156,6 +157,8 @@ def read_posterior_file(path: str | Path, trust_legacy: bool | None = None) -> t
     path = Path(path)
     if not path.is_file():
         raise PosteriorFileError(f"{path}: no such posterior file")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else is foreign or truncated
+        raise PosteriorFileError(f"{path}: not a readable posterior file (truncated, or not a torch.save archive)")
     try:
         blob, want = _torch_load(path, weights_only=True), FORMAT
     except PosteriorFileError:
