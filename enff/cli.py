@@ -1,7 +1,9 @@
 """The ``enff`` command: ``run``, ``score``, ``plot``, ``cases``, ``learn``, ``sweep`` and ``compare``.
 
-Exit status: 0 success, 2 invalid input (case, options, files), 3 the run diverged, 4 some runs of a
-sweep diverged or failed.
+Exit status: 0 success, 2 invalid input (case, options, files; also a run file that another run is
+writing or that is inconsistent), 3 the run diverged, 4 some runs of a sweep diverged or failed, 5 the
+run file could not be written (disk full, deleted or replaced), 130 / 143 the run was stopped by SIGINT /
+SIGTERM. After 5, 130 and 143 the message names the file, what it holds and the ``--resume`` command.
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ def _fail(message: str, status: int = EXIT_INPUT) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from enff.casefile import CaseError, load_case, parse_case
-    from enff.cycle import Divergence, run_case
+    from enff.cycle import Divergence, RunStopped, run_case
     from enff.preflight import check_burn_in, check_observations_unchanged, check_output, input_files, read_run_attributes
-    from enff.summary import format_table, summarize
+    from enff.summary import format_table, lost_track_warning, summarize
 
     if args.resume and (args.filter_name or args.overrides):
         return _fail("--resume continues the case stored in the run file as it is; --filter and --set cannot "
@@ -93,37 +95,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except Divergence as err:
         print(f"enff: {err}; the {err.cycle - 1} good cycles before it are in {out}", file=sys.stderr)
         return EXIT_DIVERGED
+    except RunStopped as err:
+        print(f"enff: {err}", file=sys.stderr)
+        return err.status
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         return _fail(str(err))
     burn_in = args.burn_in if args.burn_in is not None else summary.cycles_done // 10
     print(f"wrote {summary.path} ({summary.cycles_done} cycles); scores after a burn-in of {burn_in} cycles:")
     print(format_table(summarize(summary.path, burn_in=burn_in)))
+    _warn(lost_track_warning(summary.path))
     return 0
 
 
+def _warn(message: str | None) -> None:
+    if message:
+        print(message, file=sys.stderr)
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
-    from enff.summary import format_table, summarize
+    from enff.runfile import RunFileError
+    from enff.summary import format_table, lost_track_warning, summarize
 
     if not args.file.is_file():
         return _fail(f"{args.file}: no such file")
     try:
         result = summarize(args.file, burn_in=args.burn_in)
+    except RunFileError as err:
+        return _fail(str(err))
     except (ValueError, KeyError, OSError) as err:
         return _fail(f"{args.file}: {err}")
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in result.items()}))
     else:
         print(format_table(result))
+    _warn(lost_track_warning(args.file))
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from enff.plots import plot_run
+    from enff.runfile import RunFileError
 
     if not args.file.is_file():
         return _fail(f"{args.file}: no such file")
     try:
         paths = plot_run(args.file, args.outdir)
+    except RunFileError as err:
+        return _fail(str(err))
     except (ValueError, KeyError, OSError) as err:
         return _fail(f"{args.file}: {err}")
     for path in paths:

@@ -7,10 +7,14 @@ exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import shlex
+import signal
+import threading
 import time as wallclock
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -20,13 +24,16 @@ import enff
 from enff import scores
 from enff.casefile import Case
 from enff.preflight import check_observations_unchanged, observation_checksum
-from enff.runfile import CycleRecord, RunFile
+from enff.runfile import CycleRecord, RunFile, RunFileError, RunFileWriteError, check_run
+from enff.tracking import TrackMonitor, truth_scale
 
-__all__ = ["Divergence", "Experiment", "RunSummary", "run_case", "seeded_generator"]
+__all__ = ["EXIT_IO", "Divergence", "Experiment", "RunStopped", "RunSummary", "run_case", "seeded_generator"]
 
 _TRUTH_STREAM, _ENSEMBLE_STREAM, _CYCLE_STREAM = 0, 1, 2
 #: Largest state size for which the full analysis ensemble is written by default.
 AUTO_SAVE_ANALYSIS_MAX_STATE = 5000
+#: Exit status of a run stopped because its file could not be written (signals give 128 + the signal).
+EXIT_IO = 5
 
 
 class Divergence(RuntimeError):
@@ -127,7 +134,10 @@ class Experiment:
             "history": f"{wallclock.strftime('%Y-%m-%dT%H:%M:%SZ', wallclock.gmtime())} created by enff run",
         }
 
-    def create_file(self, path: Path) -> RunFile:
+    def create_file(self, path: Path, truth: torch.Tensor | None, ensemble: torch.Tensor, *,
+                    replace: bool = False) -> RunFile:
+        """Create the run file ``path`` holding the restart state of cycle 0: the truth ``(*state)`` (``None``
+        for real observations) and the initial ensemble ``(member, *state)``; ``replace`` an existing file."""
         return RunFile.create(
             path,
             state_dims=self.model.state_dims,
@@ -142,6 +152,9 @@ class Experiment:
             save_forecast=self.save_forecast,
             diagnostic_names=self.filter.diagnostic_names,
             attrs=self.attributes(),
+            initial_truth=None if truth is None else truth.cpu().numpy(),
+            initial_analysis=ensemble.cpu().numpy(),
+            replace=replace,
         )
 
     def cycle(self, k: int, truth: torch.Tensor | None, ensemble: torch.Tensor
@@ -204,6 +217,91 @@ class Experiment:
         )
 
 
+class RunStopped(RuntimeError):
+    """The run stopped before its last cycle for a reason outside the science (a signal, a failed write).
+
+    ``status`` is the documented exit status (:data:`EXIT_IO` = 5, or 128 + the signal number: 130 for
+    SIGINT, 143 for SIGTERM); the message names the file, what happened and how to continue.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM arrived (``signum``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _SignalGuard:
+    """Turns SIGINT and SIGTERM into :class:`_Interrupted`, at once or, while a cycle is being written
+    (:meth:`deferring`), right after the write, so that a signal never cuts off a cycle being written.
+    Later signals are only remembered. Installed in the main thread only (Python allows no other)."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._signum: int | None = None
+        self._writing = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        first = self._signum is None
+        if first:
+            self._signum = signum
+        if first and not self._writing:
+            raise _Interrupted(signum)
+
+    @contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Hold signals back while the block runs; raise the first one after it."""
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self._signum is not None:
+            raise _Interrupted(self._signum)
+
+
+def _stopped(out: Path, what: str, status: int, cycles: int) -> RunStopped:
+    """The :class:`RunStopped` for a run of ``cycles`` cycles into ``out`` that stopped because of ``what``,
+    saying what the file holds now and how to continue (checked with :func:`check_run`)."""
+    try:
+        held = check_run(out).cycles_done
+    except RunFileError:
+        return RunStopped(f"{what}; {out} cannot be resumed: start the run again", status)
+    return RunStopped(f"{what}; {out} holds {held} of {cycles} cycles; continue with: "
+                      f"enff run --resume --out {shlex.quote(str(out))}", status)
+
+
+def _reopen(exp: Experiment, out: Path) -> tuple[RunFile, int, torch.Tensor | None, torch.Tensor]:
+    """Writer, cycles done, truth and analysis to continue the run in ``out``; every check is made on the
+    file read-only, before it is opened for writing."""
+    if not out.is_file():
+        raise FileNotFoundError(f"{out}: cannot resume, no such run file")
+    attrs = check_run(out).attrs
+    if attrs.get("case", "") != exp.case.to_toml():
+        raise ValueError(f"{out}: the file was written by a different case; resume with the case stored in it")
+    check_observations_unchanged(out, attrs, exp.case)
+    writer, point = RunFile.reopen(out)
+    truth = None if point.truth is None else torch.as_tensor(point.truth, device=exp.device, dtype=exp.dtype)
+    return writer, point.cycles_done, truth, torch.as_tensor(point.analysis, device=exp.device, dtype=exp.dtype)
+
+
 def run_case(
     case: Case,
     out: str | Path,
@@ -228,45 +326,57 @@ def run_case(
     ------
     Divergence
         When the forecast or analysis becomes non-finite; every earlier cycle is in the file.
+    RunStopped
+        On SIGINT or SIGTERM (in the main thread) or a failed write of the run file (disk full, file
+        deleted or replaced); the message says what ``out`` holds and how to continue.
+    RunFileError
+        (a ``ValueError``) When ``out`` is being written by another run, or cannot be resumed.
     """
     out = Path(out)
     exp = Experiment(case)
-    if resume:
-        if not out.is_file():
-            raise FileNotFoundError(f"{out}: cannot resume, no such run file")
-        writer, point = RunFile.reopen(out)
-        stored = point.attrs.get("case", "")
-        if stored != case.to_toml():
-            writer.close()
-            raise ValueError(f"{out}: the file was written by a different case; resume with the case stored in it")
+    with _SignalGuard() as guard:
         try:
-            check_observations_unchanged(out, point.attrs, case)
-        except ValueError:
-            writer.close()
-            raise
-        cycles_done = point.cycles_done
-        truth = None if point.truth is None else torch.as_tensor(point.truth, device=exp.device, dtype=exp.dtype)
-        ensemble = torch.as_tensor(point.analysis, device=exp.device, dtype=exp.dtype)
+            return _run(exp, out, guard, resume=resume, overwrite=overwrite, progress=progress)
+        except _Interrupted as sig:
+            raise _stopped(out, f"run stopped by {sig}", 128 + sig.signum, exp.cycles) from None
+        except RunFileWriteError as err:
+            raise _stopped(out, f"run stopped: {err}", EXIT_IO, exp.cycles) from None
+
+
+def _run(exp: Experiment, out: Path, guard: _SignalGuard, *, resume: bool, overwrite: bool,
+         progress: bool | None) -> RunSummary:
+    """The body of :func:`run_case`: open or create ``out``, then cycle, writing each cycle inside ``guard``."""
+    if resume:
+        writer, cycles_done, truth, ensemble = _reopen(exp, out)
     else:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
         out.parent.mkdir(parents=True, exist_ok=True)
         truth, ensemble = exp.initial_condition()
-        writer = exp.create_file(out)
-        writer.write_restart(0, None if truth is None else truth.cpu().numpy(), ensemble.cpu().numpy())
+        writer = exp.create_file(out, truth, ensemble, replace=overwrite)
         cycles_done = 0
+    monitor = TrackMonitor(exp.n_members)
     bar = tqdm(total=exp.cycles, initial=cycles_done, desc=f"{exp.filter.name}", unit="cycle",
                disable=None if progress is None else not progress)
     last: dict[str, float] = {}
+    lost: int | None = None
     try:
+        if exp.has_truth:
+            monitor.replay(*writer.track_history(cycles_done, monitor.window))
         for k in range(cycles_done + 1, exp.cycles + 1):
             truth, ensemble, record, diagnostics = exp.cycle(k, truth, ensemble)
-            writer.write_restart(k, record.truth, ensemble.detach().cpu().numpy())
-            writer.write_cycle(k - 1, record, diagnostics)
+            if record.truth is not None:
+                record.lost_track = monitor.update(record.scalars["rmse_analysis"], record.scalars["spread_analysis"],
+                                                   truth_scale(record.truth))
+                lost = lost or (k if record.lost_track else None)
+            with guard.deferring():
+                writer.write_restart(k, record.truth, ensemble.detach().cpu().numpy())
+                writer.write_cycle(k - 1, record, diagnostics)
+                cycles_done = k
             last = record.scalars
-            cycles_done = k
             bar.set_postfix(rmse=f"{last.get('rmse_analysis', float('nan')):.4g}",
-                            spread=f"{last['spread_analysis']:.4g}", refresh=False)
+                            spread=f"{last['spread_analysis']:.4g}", **({"lost_track": lost} if lost else {}),
+                            refresh=False)
             bar.update(1)
     finally:
         bar.close()

@@ -38,10 +38,10 @@ def plot_run(path: str | Path, outdir: str | Path | None = None) -> list[Path]:
 
     path = Path(path)
     outdir = Path(outdir) if outdir is not None else path.parent
-    outdir.mkdir(parents=True, exist_ok=True)
     ds = open_run(path)
     if ds.sizes.get("time", 0) == 0:
         raise ValueError(f"{path}: the run has no complete cycle to plot")
+    outdir.mkdir(parents=True, exist_ok=True)
     stem = path.stem
     written: list[Path] = []
     t = ds["time"].values

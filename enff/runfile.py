@@ -5,25 +5,39 @@ synced after every record):
 
 * ``time`` (unlimited) x ``member`` x the model's state dims, plus ``obs`` and ``rank``;
 * per cycle: ``truth``, ``observation``, ensemble means/spreads, optional full ``analysis``/``forecast``
-  ensembles, scalar scores and filter diagnostics, and ``cycle_complete`` written last;
+  ensembles, scalar scores, filter diagnostics, the ``lost_track`` flag (:mod:`enff.tracking`) and
+  ``cycle_complete``, defined last so that it ends each record and is written last;
 * a two-slot restart area (``restart_truth``, ``restart_analysis``, ``restart_cycle``) written and synced
   *before* the cycle's record, so that for every complete record one slot holds the state needed to
   continue exactly from it.
 
 A record whose ``cycle_complete`` is not 1 was cut off by a crash; :func:`open_run` drops it.
+
+Safety (:mod:`enff.safefile`): a new file is prepared under a hidden temporary name and published
+atomically once its header and first restart slot exist; its writer holds an exclusive lock on it for
+as long as it writes; disk space for each record is reserved before it is written; after every record
+the writer checks that its file was not deleted or replaced. :func:`check_run` is the consistency
+check every reader and resumer goes through; nothing it refuses is ever opened for writing.
 """
 
 from __future__ import annotations
 
+import ctypes
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import netCDF4
 import numpy as np
 import xarray as xr
 
-__all__ = ["CycleRecord", "ResumePoint", "RunFile", "open_run", "SCALARS"]
+from enff.safefile import LockHeld, WriterLock, publish, remove_stale_temporaries, temporary_name
+from enff.tracking import NO_SKILL, OVERCONFIDENT, truth_scale
+
+__all__ = ["CycleRecord", "ResumePoint", "RunFile", "RunFileError", "RunFileLocked", "RunFileWriteError",
+           "RunState", "check_run", "open_run", "SCALARS"]
 
 #: Per-cycle scalar variables: name -> (long_name, units).
 SCALARS: dict[str, tuple[str, str]] = {
@@ -36,11 +50,39 @@ SCALARS: dict[str, tuple[str, str]] = {
     "energy_score_analysis": ("fair energy score of the analysis over the whole state", "state units"),
     "analysis_seconds": ("wall-clock seconds of the analysis step", "s"),
 }
+_EMPTY_SLOT = -2
+#: Bytes reserved beyond one record before it is written: netCDF's buffered writes may round up.
+_RESERVE_SLACK = 1 << 16
+
+
+class RunFileError(ValueError):
+    """A file that cannot serve as asked: not a run file, inconsistent, or being written. The message
+    names the file."""
+
+
+class RunFileLocked(RunFileError):
+    """Another process is writing the run file; ``holder`` is its pid (``None`` when unknown)."""
+
+    def __init__(self, path: Path, holder: int | None) -> None:
+        who = f"process {holder}" if holder else "another process"
+        super().__init__(f"{path} is being written by {who} (it holds the file's lock); wait for that run "
+                         "to end or write to another --out")
+        self.path, self.holder = path, holder
+
+
+class RunFileWriteError(RuntimeError):
+    """Writing the run file failed (disk full, file deleted or replaced, I/O error). Every cycle completed
+    before is still in ``path`` unless ``resumable`` is false (the file is gone or another took its name)."""
+
+    def __init__(self, path: Path, what: str, resumable: bool = True) -> None:
+        super().__init__(f"{path}: {what}")
+        self.path, self.what, self.resumable = path, what, resumable
 
 
 @dataclass
 class CycleRecord:
-    """Everything written for one cycle (numpy arrays; state arrays shaped like the model state)."""
+    """Everything written for one cycle (numpy arrays; state arrays shaped like the model state).
+    ``lost_track`` holds the bits of :mod:`enff.tracking` (0: tracking)."""
 
     time: float
     truth: np.ndarray | None
@@ -53,6 +95,7 @@ class CycleRecord:
     rank_counts: np.ndarray | None = None
     analysis: np.ndarray | None = None
     forecast: np.ndarray | None = None
+    lost_track: int = 0
 
 
 @dataclass
@@ -65,12 +108,73 @@ class ResumePoint:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-class RunFile:
-    """Writer of one run file; create with :meth:`create` or reopen with :meth:`reopen`."""
+@dataclass(frozen=True)
+class RunState:
+    """What :func:`check_run` found: ``records`` in the file, of which the first ``cycles_done`` are
+    complete, the cycle each restart slot belongs to (``-2``: empty) and the global attributes."""
 
-    def __init__(self, dataset: netCDF4.Dataset, state_dims: tuple[str, ...]) -> None:
+    path: Path
+    records: int
+    cycles_done: int
+    slots: tuple[int, ...]
+    attrs: dict[str, Any]
+
+
+def check_run(path: str | Path) -> RunState:
+    """Check, read-only, that ``path`` is a consistent run file; raises :class:`RunFileError` naming it if not.
+
+    Consistent means: complete cycles form one unbroken run from the first record, at most one record
+    after them is incomplete (the cycle a crash cut off; a truncated file shows several, because
+    ``cycle_complete`` ends each record), and the restart slots hold the last complete cycle plus at most
+    its neighbour, each in the slot of its parity. A file written by two runs at once breaks these rules.
+    """
+    path = Path(path)
+    try:
+        ds = netCDF4.Dataset(str(path), "r")
+    except OSError as err:
+        raise RunFileError(f"{path} is not a readable netCDF file ({err.strerror or err})") from None
+    with ds:
+        missing = [name for name in ("cycle_complete", "restart_cycle", "restart_analysis") if name not in ds.variables]
+        if missing or "case" not in ds.ncattrs():
+            raise RunFileError(f"{path} is not a run file written by enff run (no {', '.join(missing) or 'stored case'})")
+        ds.set_auto_mask(False)
+        done = np.asarray(ds["cycle_complete"][:]) if ds.dimensions["time"].size else np.zeros(0, np.int8)
+        slots = tuple(int(v) for v in np.asarray(ds["restart_cycle"][:]))
+        attrs = {key: ds.getncattr(key) for key in ds.ncattrs()}
+    cycles_done = int(np.argmin(done == 1)) if (done != 1).any() else int(done.size)
+    problem = _inconsistency(done, cycles_done, slots)
+    if problem:
+        raise RunFileError(f"{path} is inconsistent: {problem}; it cannot be scored, plotted or resumed")
+    return RunState(path, int(done.size), cycles_done, slots, attrs)
+
+
+def _inconsistency(done: np.ndarray, cycles_done: int, slots: tuple[int, ...]) -> str | None:
+    """What is wrong with ``cycle_complete`` ``(time,)`` and the restart slots, or ``None``."""
+    tail = done[cycles_done:]
+    if (tail == 1).any():
+        later = cycles_done + 1 + int(np.argmax(tail == 1))
+        return f"cycle {cycles_done + 1} is incomplete but cycle {later} is complete (cycle_complete has holes)"
+    if tail.size > 1:
+        return f"its last {tail.size} records are incomplete (a run leaves at most one): the file is truncated"
+    near = (cycles_done - 1, cycles_done, cycles_done + 1)
+    for slot, value in enumerate(slots):
+        if value != _EMPTY_SLOT and (value < 0 or value % len(slots) != slot or value not in near):
+            return f"restart slot {slot} holds cycle {value}, which cannot follow {cycles_done} complete cycles"
+    if cycles_done not in slots:
+        return f"no restart state for its {cycles_done} complete cycles"
+    return None
+
+
+class RunFile:
+    """Writer of one run file; create with :meth:`create` or reopen with :meth:`reopen`. It holds the
+    file's lock until :meth:`close`."""
+
+    def __init__(self, dataset: netCDF4.Dataset, state_dims: tuple[str, ...], path: Path, lock: WriterLock) -> None:
         self._ds = dataset
         self._state_dims = state_dims
+        self.path = path
+        self._lock = lock
+        self._broken = False
 
     @classmethod
     def create(
@@ -89,18 +193,54 @@ class RunFile:
         save_forecast: bool,
         diagnostic_names: tuple[str, ...],
         attrs: Mapping[str, Any],
+        initial_truth: np.ndarray | None,
+        initial_analysis: np.ndarray,
+        replace: bool = False,
     ) -> "RunFile":
-        """Create the file with every dimension, variable and attribute; no record is written yet."""
-        ds = netCDF4.Dataset(str(path), "w", format="NETCDF3_64BIT_OFFSET")
-        try:
+        """Create the file with every dimension, variable and attribute and the restart state of cycle 0
+        (``initial_truth`` ``(*state)``, ``initial_analysis`` ``(member, *state)``); no record is written yet.
+
+        The file is prepared under a temporary name and appears at ``path`` complete, or not at all.
+        Without ``replace`` an existing ``path`` is an error (``FileExistsError``); with it, a file that
+        another run is writing is refused (:class:`RunFileLocked`).
+        """
+        path = Path(path)
+
+        def define(ds: netCDF4.Dataset) -> None:
             cls._define(ds, state_dims, coords, state_attrs, n_members, obs_index, obs_locations, np.dtype(dtype),
                         has_truth, save_analysis, save_forecast, diagnostic_names, attrs)
+
+        remove_stale_temporaries(path)
+        old = _lock_for_writing(path) if replace and path.exists() else None
+        try:
+            return cls._prepare(path, state_dims, define, initial_truth, initial_analysis, replace)
+        finally:
+            if old is not None:
+                old.release()
+
+    @classmethod
+    def _prepare(cls, path: Path, state_dims: tuple[str, ...], define: Callable[[netCDF4.Dataset], None],
+                 initial_truth: np.ndarray | None, initial_analysis: np.ndarray, replace: bool) -> "RunFile":
+        """Build the file under its temporary name (locked from its first byte), then publish it at ``path``."""
+        tmp = temporary_name(path)
+        lock = WriterLock.acquire(tmp, create=True)
+        writer = None
+        try:
+            writer = cls(netCDF4.Dataset(str(tmp), "w", clobber=True, format="NETCDF3_64BIT_OFFSET"),
+                         state_dims, path, lock)
+            define(writer._ds)
+            writer.write_restart(0, initial_truth, initial_analysis)
+            if lock.identity() != _identity(tmp):
+                raise RunFileError(f"{tmp}: the temporary file was replaced while it was being prepared")
+            publish(tmp, path, replace=replace)
         except BaseException:
-            ds.close()
-            Path(path).unlink(missing_ok=True)
+            if writer is not None:
+                writer.close()
+            else:
+                lock.release()
+            tmp.unlink(missing_ok=True)
             raise
-        ds.sync()
-        return cls(ds, state_dims)
+        return writer
 
     @staticmethod
     def _define(ds: netCDF4.Dataset, state_dims: tuple[str, ...], coords: Mapping[str, np.ndarray],
@@ -171,55 +311,85 @@ class RunFile:
         if has_truth:
             rh = ds.createVariable("rank_counts", "i4", ("time", "rank"))
             rh.long_name = "rank histogram counts of the truth among the analysis members"
+            lost = ds.createVariable("lost_track", "i1", ("time",))
+            lost.long_name = "sustained symptoms of a filter that lost track of the truth (see enff.tracking)"
+            lost.flag_masks = np.array([OVERCONFIDENT, NO_SKILL], dtype=np.int8)
+            lost.flag_meanings = "overconfident no_better_than_climatology"
         done = ds.createVariable("cycle_complete", "i1", ("time",))
         done.long_name = "1 when every variable of this cycle was written"
         state_var("restart_analysis", ("slot", "member", *state_dims), "analysis ensemble for resuming")
         if has_truth:
             state_var("restart_truth", ("slot", *state_dims), "true state for resuming")
         rc = ds.createVariable("restart_cycle", "i4", ("slot",))
-        rc[:] = np.array([-2, -2], dtype=np.int32)
+        rc[:] = np.array([_EMPTY_SLOT, _EMPTY_SLOT], dtype=np.int32)
         rc.long_name = "number of completed cycles the slot's state belongs to (-2: empty)"
         ds.setncatts({"Conventions": "CF-1.8", **{k: _attr(v) for k, v in attrs.items()}})
 
     @classmethod
     def reopen(cls, path: str | Path) -> tuple["RunFile", ResumePoint]:
-        """Reopen an existing run file for appending; returns the writer and where to continue."""
-        ds = netCDF4.Dataset(str(path), "a")
+        """Lock and check an existing run file, then reopen it for appending; returns the writer and where
+        to continue. A file that is locked, inconsistent or holds a non-finite restart state is refused
+        (:class:`RunFileError`) before it is opened for writing."""
+        path = Path(path)
+        lock = _lock_for_writing(path)
+        try:
+            point = _read_resume_point(path, check_run(path))
+            ds = netCDF4.Dataset(str(path), "a")
+            if lock.identity() != _identity(path):
+                ds.close()
+                raise RunFileError(f"{path} was replaced while it was being reopened")
+        except BaseException:
+            lock.release()
+            raise
         ds.set_auto_mask(False)
         state_dims = tuple(d for d in ds["restart_analysis"].dimensions if d not in ("slot", "member"))
-        done = np.asarray(ds["cycle_complete"][:]) if ds.dimensions["time"].size else np.zeros(0)
-        cycles_done = int(np.argmin(done == 1)) if (done != 1).any() else int(done.size)
-        slots = np.asarray(ds["restart_cycle"][:])
-        match = np.flatnonzero(slots == cycles_done)
-        if match.size == 0:
-            ds.close()
-            raise ValueError(f"{path}: no restart state for cycle {cycles_done}; the file cannot be resumed")
-        slot = int(match[0])
-        truth = np.array(ds["restart_truth"][slot]) if "restart_truth" in ds.variables else None
-        point = ResumePoint(cycles_done, truth, np.array(ds["restart_analysis"][slot]),
-                            {k: ds.getncattr(k) for k in ds.ncattrs()})
-        return cls(ds, state_dims), point
+        return cls(ds, state_dims, path, lock), point
+
+    def track_history(self, cycles_done: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Analysis RMSE, spread and :func:`enff.tracking.truth_scale` of the (up to) ``count`` complete cycles
+        before ``cycles_done``, oldest first, each ``(cycle,)``: what :class:`enff.tracking.TrackMonitor` needs."""
+        start = max(0, cycles_done - count)
+        ds = self._ds
+        truth = np.asarray(ds["truth"][start:cycles_done])
+        return (np.asarray(ds["rmse_analysis"][start:cycles_done], dtype=np.float64),
+                np.asarray(ds["spread_analysis"][start:cycles_done], dtype=np.float64),
+                np.array([truth_scale(state) for state in truth]))
 
     def write_restart(self, cycles_done: int, truth: np.ndarray | None, analysis: np.ndarray) -> None:
         """Store the state after ``cycles_done`` cycles in slot ``cycles_done % 2`` and sync."""
         slot = cycles_done % 2
-        self._ds["restart_cycle"][slot] = -2  # invalidate first: a torn write never looks valid
-        self._ds.sync()
-        self._ds["restart_analysis"][slot] = analysis
-        if truth is not None:
-            self._ds["restart_truth"][slot] = truth
-        self._ds.sync()
-        self._ds["restart_cycle"][slot] = cycles_done
-        self._ds.sync()
+        with self._guard(f"writing the restart state of cycle {cycles_done}"):
+            self._ds["restart_cycle"][slot] = _EMPTY_SLOT  # invalidate first: a torn write never looks valid
+            self._ds.sync()
+            self._ds["restart_analysis"][slot] = analysis
+            if truth is not None:
+                self._ds["restart_truth"][slot] = truth
+            self._ds.sync()
+            self._ds["restart_cycle"][slot] = cycles_done
+            self._ds.sync()
 
     def write_cycle(self, index: int, record: CycleRecord, diagnostics: Mapping[str, float]) -> None:
-        """Write record ``index`` (0-based), mark it complete last, and sync."""
+        """Write record ``index`` (0-based), mark it complete last, and sync; then check that the file is
+        still at its path. Space for the record is reserved first, so a full disk stops the run before
+        netCDF writes anything."""
+        try:
+            self._lock.reserve(self._record_bytes + _RESERVE_SLACK)
+        except OSError as err:
+            raise RunFileWriteError(self.path, f"disk full: cycle {index + 1} needs about "
+                                    f"{self._record_bytes} bytes ({err.strerror})") from None
+        with self._guard(f"writing cycle {index + 1}"):
+            self._write_record(index, record, diagnostics)
+        self._check_still_there()
+
+    def _write_record(self, index: int, record: CycleRecord, diagnostics: Mapping[str, float]) -> None:
         ds = self._ds
         ds["cycle_complete"][index] = 0
         ds["time"][index] = record.time
         if record.truth is not None:
             ds["truth"][index] = record.truth
             ds["rank_counts"][index] = record.rank_counts
+        if "lost_track" in ds.variables:
+            ds["lost_track"][index] = record.lost_track
         ds["observation"][index] = record.observation
         for name in ("forecast_mean", "forecast_spread", "analysis_mean", "analysis_spread"):
             ds[name][index] = getattr(record, name)
@@ -236,16 +406,92 @@ class RunFile:
         ds["cycle_complete"][index] = 1
         ds.sync()
 
+    @cached_property
+    def _record_bytes(self) -> int:
+        """Bytes of one record in the classic format: the record variables' slices, each padded to 4."""
+        total = 0
+        for var in self._ds.variables.values():
+            if var.dimensions and var.dimensions[0] == "time":
+                size = int(np.prod(var.shape[1:], dtype=np.int64)) * var.dtype.itemsize
+                total += -(-size // 4) * 4
+        return total
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Turn a failed netCDF write into :class:`RunFileWriteError`; the handle is then never closed again."""
+        try:
+            yield
+        except (RuntimeError, OSError) as err:
+            self._broken = True
+            raise RunFileWriteError(self.path, f"{what} failed: {err}") from err
+
+    def _check_still_there(self) -> None:
+        """Stop when the file was deleted (restoring it from the open descriptor) or replaced."""
+        if self._lock.is_at(self.path):
+            return
+        if self.path.exists():
+            raise RunFileWriteError(self.path, "was replaced by another file while the run was writing it; the "
+                                    "cycles of this run are lost", resumable=False)
+        restored = self._lock.copy_to(self.path)
+        what = "was deleted while the run was writing it; " + (
+            "restored it with every complete cycle" if restored else "could not restore it")
+        raise RunFileWriteError(self.path, what, resumable=restored)
+
     def close(self) -> None:
-        """Close the file (everything written is already synced)."""
-        if self._ds.isopen():
-            self._ds.close()
+        """Close the file (everything written is already synced) and release its lock. After a failed
+        write the netCDF handle is closed once and, if that fails too, abandoned (see :func:`_close_once`)."""
+        ds, self._ds = self._ds, None
+        try:
+            if ds is not None and ds.isopen():
+                _close_once(ds, quiet=self._broken)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "RunFile":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close_once(ds: netCDF4.Dataset, *, quiet: bool) -> None:
+    """Close ``ds``; if netCDF-C fails to, keep the handle alive for ever instead of letting its finalizer
+    close it again. netCDF-C 4.x frees a classic file's state on a failed ``nc_close`` but keeps its id, so a
+    second close (netCDF4's ``__dealloc__``, at the latest at exit) dereferences freed memory and crashes."""
+    try:
+        ds.close()
+    except (RuntimeError, OSError):
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(ds))
+        if not quiet:
+            raise
+
+
+def _lock_for_writing(path: Path) -> WriterLock:
+    """The writer's lock on the existing file ``path``, or :class:`RunFileError` (locked, unwritable)."""
+    try:
+        return WriterLock.acquire(path)
+    except LockHeld as held:
+        raise RunFileLocked(path, held.holder) from None
+    except OSError as err:
+        raise RunFileError(f"{path}: cannot open it for writing ({err.strerror})") from None
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def _read_resume_point(path: Path, state: RunState) -> ResumePoint:
+    """The restart state after ``state.cycles_done`` cycles, read-only; refuses a non-finite one."""
+    slot = state.slots.index(state.cycles_done)
+    with netCDF4.Dataset(str(path), "r") as ds:
+        ds.set_auto_mask(False)
+        analysis = np.array(ds["restart_analysis"][slot])
+        truth = np.array(ds["restart_truth"][slot]) if "restart_truth" in ds.variables else None
+    if not np.isfinite(analysis).all() or (truth is not None and not np.isfinite(truth).all()):
+        raise RunFileError(f"{path} is inconsistent: the restart state of cycle {state.cycles_done} (slot {slot}) "
+                           "has non-finite values; it cannot be resumed")
+    return ResumePoint(state.cycles_done, truth, analysis, state.attrs)
 
 
 def _attr(value: Any) -> Any:
@@ -259,8 +505,14 @@ def _attr(value: Any) -> Any:
     return str(value)
 
 
-def open_run(path: str | Path, **kwargs: Any) -> xr.Dataset:
-    """Open a run file with xarray, keeping only complete cycles and dropping the restart area."""
+def open_run(path: str | Path, *, check: bool = True, **kwargs: Any) -> xr.Dataset:
+    """Open a run file with xarray, keeping only complete cycles and dropping the restart area.
+
+    With ``check`` (the default) the file must pass :func:`check_run` first (:class:`RunFileError` names
+    it otherwise); ``kwargs`` go to :func:`xarray.open_dataset`.
+    """
+    if check:
+        check_run(path)
     ds = xr.open_dataset(path, **kwargs)
     ds = ds.drop_vars([v for v in ("restart_analysis", "restart_truth", "restart_cycle") if v in ds.variables])
     if ds.sizes.get("time", 0):

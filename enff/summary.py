@@ -8,18 +8,42 @@ import numpy as np
 import xarray as xr
 
 from enff.runfile import open_run
+from enff.tracking import WINDOW, describe
 
-__all__ = ["summarize", "format_table"]
+__all__ = ["format_table", "lost_track", "lost_track_warning", "summarize"]
 
 
-def summarize(path: str | Path | xr.Dataset, burn_in: int = 0) -> dict[str, float | int]:
+def lost_track(ds: xr.Dataset) -> tuple[int, int] | None:
+    """First cycle (1-based) whose ``lost_track`` flag is set, with its flag bits; ``None`` when the filter
+    never lost track or the file has no flag (real observations, files written before the flag)."""
+    if "lost_track" not in ds or not ds.sizes.get("time", 0):
+        return None
+    flags = ds["lost_track"].values.astype(int)
+    flagged = np.flatnonzero(flags)
+    return None if flagged.size == 0 else (int(flagged[0]) + 1, int(flags[flagged[0]]))
+
+
+def lost_track_warning(path: str | Path, ds: xr.Dataset | None = None) -> str | None:
+    """The warning ``enff run`` and ``enff score`` print when the run in ``path`` lost track, else ``None``."""
+    found = lost_track(open_run(path) if ds is None else ds)
+    if found is None:
+        return None
+    cycle, flags = found
+    return (f"enff: warning: {path}: the filter lost track at cycle {cycle}: {describe(flags)}, "
+            f"in each of the {WINDOW} cycles up to it")
+
+
+def summarize(path: str | Path | xr.Dataset, burn_in: int = 0) -> dict[str, float | int | None]:
     """Average the per-cycle scores of a run after discarding the first ``burn_in`` cycles.
 
     Returns a dict with ``rmse``, ``spread``, ``crps``, ``spread_rmse_ratio``, ``analysis_seconds``,
     ``cycles`` (analysis values; ``cycles`` counts the averaged cycles) followed by ``rmse_forecast``,
-    ``spread_forecast``, ``crps_forecast``, ``energy_score`` and the mean of every filter diagnostic.
+    ``spread_forecast``, ``crps_forecast``, ``energy_score``, the mean of every filter diagnostic and
+    ``lost_track``: the first cycle of the whole run (burn-in included) at which the filter was flagged as
+    having lost track (:mod:`enff.tracking`), or ``None``.
     """
     ds = path if isinstance(path, xr.Dataset) else open_run(path)
+    first_lost = lost_track(ds)
     if burn_in < 0:
         raise ValueError(f"burn_in must be >= 0, got {burn_in}")
     n = ds.sizes.get("time", 0)
@@ -45,14 +69,18 @@ def summarize(path: str | Path | xr.Dataset, burn_in: int = 0) -> dict[str, floa
     }
     for name in sorted(v for v in ds.data_vars if str(v).startswith("diag_")):
         result[str(name)[5:]] = float(ds[name].mean())
+    result["lost_track"] = None if first_lost is None else first_lost[0]
     return result
 
 
-def format_table(result: dict[str, float | int]) -> str:
-    """A two-column text table of :func:`summarize`'s result."""
+def format_table(result: dict[str, float | int | None]) -> str:
+    """A two-column text table of :func:`summarize`'s result (``None`` reads ``none``)."""
     width = max(len(k) for k in result)
     lines = []
     for key, value in result.items():
-        text = str(value) if isinstance(value, int) else (f"{value:.6g}" if np.isfinite(value) else "nan")
+        if value is None or isinstance(value, int):
+            text = "none" if value is None else str(value)
+        else:
+            text = f"{value:.6g}" if np.isfinite(value) else "nan"
         lines.append(f"{key:<{width}}  {text}")
     return "\n".join(lines)
