@@ -9,6 +9,9 @@ from .free import FreeRun
 from .inflation import multiplicative_inflation, rtps
 from .learned import LearnedAnalysis
 from .letkf import LETKF
+from .local_flow import LEnFFF2P, LEnFFOT
+from .local_particle import LocalPF
+from .local_score import LEnSF
 from .particle import BootstrapPF
 
 __all__ = [
@@ -22,6 +25,10 @@ __all__ = [
     "Filter",
     "FreeRun",
     "LETKF",
+    "LEnFFF2P",
+    "LEnFFOT",
+    "LEnSF",
+    "LocalPF",
     "LearnedAnalysis",
     "filter_names",
     "get_filter",

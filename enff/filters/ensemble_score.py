@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -185,9 +185,15 @@ class EnSF(GenerativeFilter):
         diagnostics: dict[str, float] | None,
     ) -> torch.Tensor:
         schedule = self.schedule()
+        return self._reverse(schedule, x1, y, obs, lambda x, t: prior_score(schedule, t, x, x1, self.score),
+                             generator=generator)
+
+    def _reverse(self, schedule: VPSchedule, x1: torch.Tensor, y: torch.Tensor, obs: ObservationSpace,
+                 prior: Callable[[torch.Tensor, float], torch.Tensor], *, generator: torch.Generator) -> torch.Tensor:
+        """Integrate the reverse process from ``t = 1`` to 0 with the prior score ``prior(x, t)`` ``(P, d)``."""
 
         def score(x: torch.Tensor, t: float) -> torch.Tensor:
-            total = prior_score(schedule, t, x, x1, self.score)
+            total = prior(x, t)
             for block in member_blocks(x.shape[0], x.shape[1]):
                 likelihood = likelihood_gradient(x[block], y, obs).mul_(-(1.0 - t))
                 total[block].add_(likelihood.clamp_(-self.clip, self.clip))

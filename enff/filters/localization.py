@@ -27,9 +27,11 @@ __all__ = [
     "CovarianceTapers",
     "LocalObservations",
     "MAX_DENSE_TAPER_BYTES",
+    "cached",
     "check_radius",
     "covariance_tapers",
     "gaspari_cohn",
+    "grid_digest",
     "local_observations",
     "taper_pairs",
 ]
@@ -198,17 +200,26 @@ _CACHE: OrderedDict[tuple, object] = OrderedDict()
 T = TypeVar("T")
 
 
-def _geometry_key(kind: str, obs: ObservationSpace, radius: float) -> tuple:
+def grid_digest(grid: Grid, *extra: np.ndarray | tuple) -> str:
+    """A short digest of a grid's positions and periodic lengths, and of ``extra`` arrays or tuples."""
     digest = hashlib.blake2b(digest_size=16)
-    for axis in obs.grid.axes:
+    for axis in grid.axes:
         digest.update(np.ascontiguousarray(axis, dtype=np.float64).tobytes())
         digest.update(b"|")
-    digest.update(repr((obs.grid.lengths, tuple(obs.state_shape))).encode())
-    digest.update(np.ascontiguousarray(obs.state_index, dtype=np.int64).tobytes())
-    return kind, float(radius), digest.hexdigest()
+    digest.update(repr(grid.lengths).encode())
+    for item in extra:
+        digest.update(b"|")
+        digest.update(np.ascontiguousarray(item).tobytes() if isinstance(item, np.ndarray) else repr(item).encode())
+    return digest.hexdigest()
 
 
-def _cached(key: tuple, build: Callable[[], T]) -> T:
+def _geometry_key(kind: str, obs: ObservationSpace, radius: float) -> tuple:
+    index = np.ascontiguousarray(obs.state_index, dtype=np.int64)
+    return kind, float(radius), grid_digest(obs.grid, tuple(obs.state_shape), index)
+
+
+def cached(key: tuple, build: Callable[[], T]) -> T:
+    """``build()``, kept in a small least-recently-used cache under ``key`` (a geometry and a radius)."""
     if key in _CACHE:
         _CACHE.move_to_end(key)
     else:
@@ -235,7 +246,7 @@ def local_observations(obs: ObservationSpace, radius: float) -> LocalObservation
     def build() -> LocalObservations:
         return LocalObservations.from_pairs(*taper_pairs(obs.grid, obs.grid.points(), obs.locations, radius))
 
-    return _cached(_geometry_key("local", obs, radius), build)
+    return cached(_geometry_key("local", obs, radius), build)
 
 
 #: Largest dense covariance-taper pair (state x obs plus obs x obs, float64) that is built, in bytes.
@@ -270,4 +281,4 @@ def covariance_tapers(obs: ObservationSpace, radius: float) -> CovarianceTapers:
         obs_obs[ia, ib] = weight
         return CovarianceTapers(state_obs, obs_obs)
 
-    return _cached(_geometry_key("covariance", obs, radius), build)
+    return cached(_geometry_key("covariance", obs, radius), build)

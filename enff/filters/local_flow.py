@@ -1,0 +1,232 @@
+"""Localized ensemble flow filters ``lenff-ot`` and ``lenff-f2p``: Monte Carlo weights per grid point.
+
+The published EnFF (:mod:`enff.filters.ensemble_flow`) weighs the members by a distance over the whole
+state, so in high dimension every particle follows one member. Here the marginal velocity at grid point
+``k`` averages the conditional velocities at ``k`` with the localized weights of
+:mod:`enff.filters.local_weights`: with ``mu_t = a x1 + b x0``,
+
+    v_i(k) = c x_i(k) + (a' - c a) sum_j w_ijk x1_j(k) + (b' - c b) sum_j w_ijk x0_j(k),   c = sigma_t' / sigma_t.
+
+Guidance kinds (``guidance``):
+
+``"local"``
+    The gradient guidance of the published filter, ``-lambda(t) grad E`` at ``x + (1 - t) v``.
+``"mc"``
+    Localized Monte Carlo guidance: the tapered local log-likelihood of each member at every grid point
+    (as in local particle filters) is added to the per-point logits.
+``"kalman"``
+    The Gaussian-posterior guide (:mod:`enff.filters.kalman_guidance`): exact for a Gaussian prior and
+    linear observations, localized like the LETKF. Optimal-transport path only: on the paired F2P path the
+    flow position identifies the member in ensemble space, so the ensemble-space conditional covariance
+    of the end point vanishes and the guide would do nothing.
+``"none"``
+    No guidance.
+
+``radius`` is the Gaspari-Cohn half-width in model length units, as for the LETKF (``inf`` gives the
+global weights at every point, that is the published filter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
+
+import torch
+
+from enff.observations.space import ObservationSpace
+
+from .base import register
+from .ensemble_flow import EnFFF2P, EnFFOT, EnsembleFlowFilter
+from .guidance import LocalGuidance, make_guidance
+from .kalman_guidance import KalmanGuide
+from .localization import check_radius
+from .local_weights import WeightStats, local_log_likelihood, local_mixture, squared_residuals
+from .ode import integrate
+from .paths import ProbabilityPath
+from .spatial_taper import SpatialLayout, spatial_taper
+
+__all__ = ["LocalGuidanceKind", "LocalFlowResult", "local_flow_analysis", "LocalEnsembleFlowFilter", "LEnFFOT",
+           "LEnFFF2P", "LOCAL_DIAGNOSTICS", "combine_stats"]
+
+#: Guidance kinds of the localized flow filters.
+LocalGuidanceKind = Literal["local", "mc", "kalman", "none"]
+
+#: Per-cycle diagnostics of every filter with localized weights.
+LOCAL_DIAGNOSTICS = ("max_weight", "distinct_members", "local_ess_mean", "local_ess_min")
+
+
+@dataclass(frozen=True)
+class LocalFlowResult:
+    """Outcome of one localized guided flow.
+
+    Attributes
+    ----------
+    particles:
+        Particles at flow time 1, shape ``(P, d)``.
+    stats:
+        Weight diagnostics averaged over the velocity evaluations, except ``distinct_members`` and
+        ``ess_min``, which are those of the last evaluation (where the weights are sharpest).
+    """
+
+    particles: torch.Tensor
+    stats: WeightStats
+
+
+def combine_stats(history: list[WeightStats]) -> WeightStats:
+    """Weight diagnostics of a whole flow: means over evaluations, ``distinct_members`` and ``ess_min`` of the last."""
+    last = history[-1]
+    return WeightStats(
+        max_weight=sum(s.max_weight for s in history) / len(history),
+        distinct_members=last.distinct_members,
+        ess_mean=sum(s.ess_mean for s in history) / len(history),
+        ess_min=last.ess_min,
+    )
+
+
+def local_flow_analysis(
+    path: ProbabilityPath,
+    source: torch.Tensor,
+    x1: torch.Tensor,
+    y: torch.Tensor,
+    obs: ObservationSpace,
+    *,
+    radius: float,
+    guidance: LocalGuidanceKind,
+    steps: int,
+    sampler: str = "euler",
+    x0: torch.Tensor | None = None,
+    gradient_guidance: LocalGuidance | None = None,
+) -> LocalFlowResult:
+    """Transport ``source`` particles ``(P, d)`` to the analysis with localized weights.
+
+    Parameters
+    ----------
+    path:
+        Probability path from the source (flow time 0) to the forecast (flow time 1).
+    source:
+        Particles at flow time 0, shape ``(P, d)``.
+    x1:
+        Forecast members, shape ``(M, d)``.
+    y:
+        Finite observations, shape ``(n_obs,)``.
+    obs:
+        Observation space of ``y``.
+    radius:
+        Gaspari-Cohn half-width of the weights (and of the kalman guide), model length units.
+    guidance:
+        One of :data:`LocalGuidanceKind`.
+    steps:
+        ``S``, the number of velocity evaluations.
+    sampler:
+        ``"euler"`` or ``"heun"``.
+    x0:
+        Paired source members ``(M, d)`` for paired paths.
+    gradient_guidance:
+        The gradient guidance, required with ``guidance = "local"``.
+
+    Returns
+    -------
+    :class:`LocalFlowResult`.
+    """
+    layout = SpatialLayout.of(obs.grid)
+    taper = spatial_taper(layout, radius)
+    members = layout.split(x1)
+    sources = layout.split(x0) if path.paired else None
+    values = (members,) if sources is None else (members, sources)
+    log_prior = None
+    if guidance == "mc":
+        log_prior = local_log_likelihood(layout, taper, squared_residuals(x1, y, obs), obs)
+    guide = KalmanGuide.prepare(x1, y, obs, layout, taper, radius) if guidance == "kalman" else None
+    history: list[WeightStats] = []
+
+    def field(x: torch.Tensor, t: float) -> torch.Tensor:
+        a, b = path.mean_coefficients(t)
+        da, db = path.mean_coefficient_derivatives(t)
+        sigma = path.std(t)
+        rate = path.std_derivative(t) / sigma
+        centres = a * members if sources is None else torch.add(a * members, sources, alpha=b)
+        mixture = local_mixture(layout, taper, layout.split(x), centres, sigma, values, log_prior=log_prior)
+        history.append(mixture.stats)
+        endpoint = mixture.averages[0].reshape(x.shape)
+        velocity = torch.add(x.mul(rate), endpoint, alpha=da - rate * a)
+        if sources is not None:
+            velocity.add_(mixture.averages[1].reshape(x.shape), alpha=db - rate * b)
+        if guide is not None:
+            velocity.add_(guide.shift(endpoint, t, sigma), alpha=1.0 / sigma)
+        elif gradient_guidance is not None:
+            gradient_guidance.add_force(velocity, x, t, y, obs)
+        return velocity
+
+    particles = integrate(field, source, evaluations=steps, method=sampler)
+    return LocalFlowResult(particles, combine_stats(history))
+
+
+@dataclass(frozen=True)
+class LocalEnsembleFlowFilter(EnsembleFlowFilter):
+    """Localized EnFF hyper-parameters (the case file's ``[filter]`` keys) and analysis.
+
+    Attributes
+    ----------
+    radius:
+        Gaspari-Cohn half-width of the weights in model length units (required; ``inf`` = global weights).
+    guidance:
+        ``"local"``, ``"mc"``, ``"kalman"`` or ``"none"`` (see the module docstring).
+    steps, sigma_min, guidance_scale, guidance_schedule, sampler, inflation:
+        As for the global filter (:class:`~enff.filters.ensemble_flow.EnsembleFlowFilter`);
+        ``guidance_scale`` and ``guidance_schedule`` only matter for ``"local"`` guidance.
+    """
+
+    diagnostic_names: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
+
+    radius: float | None = None
+    guidance: LocalGuidanceKind = "local"  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        check_radius(self.radius, required=True)
+        if self.guidance not in get_args(LocalGuidanceKind):
+            raise ValueError(f"guidance must be one of {get_args(LocalGuidanceKind)}, got {self.guidance!r}")
+        if self.guidance == "kalman" and self.path_type.paired:
+            raise ValueError("guidance = \"kalman\" needs the unpaired optimal-transport path (lenff-ot): on the "
+                             "paired F2P path the ensemble-space covariance of the end point given the flow "
+                             "position vanishes")
+        super().__post_init__()
+
+    def guide(self):  # type: ignore[override]
+        """The gradient guidance for ``"local"``; the other kinds are applied inside the localized flow."""
+        return make_guidance("local" if self.guidance == "local" else "none", self.guidance_scale,
+                             self.guidance_schedule)
+
+    def _transport(
+        self,
+        x1: torch.Tensor,
+        previous: torch.Tensor | None,
+        y: torch.Tensor,
+        obs: ObservationSpace,
+        *,
+        generator: torch.Generator,
+        diagnostics: dict[str, float] | None,
+    ) -> torch.Tensor:
+        path = self.path()
+        x0 = self._source_members(x1, previous)
+        source = path.sample_source(x1, x0, generator)
+        gradient = self.guide()
+        result = local_flow_analysis(
+            path, source, x1, y, obs, radius=check_radius(self.radius, required=True), guidance=self.guidance,
+            steps=self.steps, sampler=self.sampler, x0=x0,
+            gradient_guidance=gradient if isinstance(gradient, LocalGuidance) else None,
+        )
+        if diagnostics is not None:
+            diagnostics.update(result.stats.as_diagnostics())
+        return result.particles
+
+
+@register("lenff-ot")
+@dataclass(frozen=True)
+class LEnFFOT(LocalEnsembleFlowFilter, EnFFOT):
+    """Localized EnFF on the conditional optimal-transport path (source ``N(0, I)``)."""
+
+
+@register("lenff-f2p")
+@dataclass(frozen=True)
+class LEnFFF2P(LocalEnsembleFlowFilter, EnFFF2P):
+    """Localized EnFF on the filtering-to-predictive path (the previous analysis as source)."""
