@@ -228,7 +228,8 @@ class RunFile:
         try:
             writer = cls(netCDF4.Dataset(str(tmp), "w", clobber=True, format="NETCDF3_64BIT_OFFSET"),
                          state_dims, path, lock)
-            define(writer._ds)
+            with writer._guard("creating the file"):
+                define(writer._ds)
             writer.write_restart(0, initial_truth, initial_analysis)
             if lock.identity() != _identity(tmp):
                 raise RunFileError(f"{tmp}: the temporary file was replaced while it was being prepared")
