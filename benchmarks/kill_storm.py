@@ -140,7 +140,7 @@ def _resumable(out: Path) -> bool:
     return True
 
 
-def storm(kills: int, workdir: Path, cycles: int = 150, seed: int = 0, creation_share: float = 0.35) -> StormResult:
+def storm(kills: int, workdir: Path, cycles: int = 40, seed: int = 0, creation_share: float = 0.5) -> StormResult:
     """SIGKILL runs of :data:`CASE` ``kills`` times in the folder ``workdir``, aiming a share
     ``creation_share`` of the kills at the creation window of a new file, and resume after each; then
     finish every file and compare it with an uninterrupted run."""
@@ -202,14 +202,16 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=60)
-    parser.add_argument("--cycles", type=int, default=150)
+    parser.add_argument("--cycles", type=int, default=40, help="cycles per run file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--creation-share", type=float, default=0.5,
+                        help="share of the starts of a new file whose kill aims at its creation window")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kill_storm_") as workdir:
-        result = storm(args.kills, Path(workdir), args.cycles, args.seed)
+        result = storm(args.kills, Path(workdir), args.cycles, args.seed, args.creation_share)
     summary = result.as_dict()
-    write_results("kill_storm", {"case": CASE.format(cycles=args.cycles),
-                                 "seed": args.seed, **summary}, _markdown(summary, args.cycles))
+    write_results("kill_storm", {"case": CASE.format(cycles=args.cycles), "seed": args.seed,
+                                 "creation_share": args.creation_share, **summary}, _markdown(summary, args.cycles))
     print(summary)
 
 

@@ -233,7 +233,7 @@ class RunFile:
             writer.write_restart(0, initial_truth, initial_analysis)
             if lock.identity() != _identity(tmp):
                 raise RunFileError(f"{tmp}: the temporary file was replaced while it was being prepared")
-            publish(tmp, path, replace=replace)
+            _publish_naming_the_holder(tmp, path, replace)
         except BaseException:
             if writer is not None:
                 writer.close()
@@ -475,6 +475,16 @@ def _lock_for_writing(path: Path) -> WriterLock:
         raise RunFileLocked(path, held.holder) from None
     except OSError as err:
         raise RunFileError(f"{path}: cannot open it for writing ({err.strerror})") from None
+
+
+def _publish_naming_the_holder(tmp: Path, path: Path, replace: bool) -> None:
+    """:func:`enff.safefile.publish`; when another run took the name first (two runs started together on
+    one ``--out``), refuse naming that run (:class:`RunFileLocked`) while it still writes."""
+    try:
+        publish(tmp, path, replace=replace)
+    except FileExistsError:
+        _lock_for_writing(path).release()
+        raise
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -115,6 +115,26 @@ def test_a_second_writer_is_refused_naming_the_file_and_the_holder(tmp_path, sma
     WriterLock.acquire(out).release()  # the lock died with its holder
 
 
+def test_two_runs_started_together_on_one_out_the_later_is_refused(tmp_path, small_case_text, monkeypatch):
+    import enff.runfile as runfile
+
+    out = tmp_path / "run.nc"
+    publish, held = runfile.publish, []
+
+    def the_other_run_publishes_first(tmp, path, *, replace):
+        publish(shutil.copy(tmp, tmp_path / "other.tmp"), path, replace=False)
+        held.append(WriterLock.acquire(path))
+        publish(tmp, path, replace=replace)
+
+    monkeypatch.setattr(runfile, "publish", the_other_run_publishes_first)
+    try:
+        with pytest.raises(RunFileError, match=f"{out} is being written by process {os.getpid()}"):
+            run_case(parse_case(small_case_text), out, progress=False)
+    finally:
+        held[0].release()
+    assert not list(tmp_path.glob(".run.nc.*.tmp"))
+
+
 def _finished_run(tmp_path, small_case_text, name="run.nc"):
     out = tmp_path / name
     run_case(parse_case(small_case_text), out, progress=False)
@@ -321,6 +341,6 @@ def test_short_kill_storm_ends_with_files_equal_to_an_uninterrupted_run(tmp_path
 
 @pytest.mark.slow
 def test_kill_storm_of_60_kills(tmp_path):
-    result = _storm(60, 100, tmp_path)
+    result = _storm(60, 40, tmp_path)
     assert sum(result.kills.values()) == 60 and result.kills["creation"] > 0 and not result.failures
     assert all(result.resumable) and all(result.equal)
