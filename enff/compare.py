@@ -16,7 +16,6 @@ from typing import Any, Iterable
 import numpy as np
 import xarray as xr
 
-from enff.runfile import SCALARS
 from enff.runset import open_runs
 from enff.summary import summarize
 
@@ -47,8 +46,8 @@ def find_run_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def _run_scores(runs: xr.Dataset, burn_in: int) -> np.ndarray:
     """``enff score`` of every complete run, ``(run, score)``; NaN for runs that are not complete."""
-    names = [v for v in (*SCALARS, "cycle_complete") if v in runs]
-    table = runs[names].load()
+    names = [v for v in runs.data_vars if runs[v].dims == ("run", "time") and not str(v).startswith("diag_")]
+    table = runs[names].load()  # the per-cycle scores only (filter diagnostics are not compared)
     values = np.full((runs.sizes["run"], len(SCORES)), np.nan)
     for i in range(runs.sizes["run"]):
         if str(runs["status"].values[i]) != "complete":
