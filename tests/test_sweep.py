@@ -260,7 +260,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, client):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = plan(load_spec(spec_path))
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # generous: the shared 2-core machine is often loaded
         while time.monotonic() < deadline:
             done = [read_run_info(r.path).cycles_done if r.path.is_file() else 0 for r in runs]
             if max(done) >= 20:
@@ -273,7 +273,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, client):
     partial = [read_run_info(r.path).cycles_done for r in runs if r.path.is_file()]
     assert partial and min(partial) < 400
     result = run_sweep(runs, client, progress=False)
-    assert [o.status for o in result.outcomes] == ["complete", "complete"]
+    assert [o.status for o in result.outcomes] == ["complete", "complete"], result.outcomes
     assert any(o.cycles_before > 0 for o in result.outcomes)
     reference = tmp_path / "reference.nc"
     run_case(runs[1].case, reference, progress=False)
