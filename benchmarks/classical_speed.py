@@ -1,4 +1,4 @@
-"""Time per analysis of the classical filters, side by side in one run.
+"""Time per analysis of the classical filters (or the localized generative ones beside the LETKF), side by side.
 
 N = 20 members, every state component observed (identity, unit error std), random forecast
 ensembles of the right shape: Lorenz-96-like rings of d = 40 ... 1,000,000 points (periodic length d,
@@ -8,7 +8,10 @@ also builds the LETKF neighbour lists) is timed separately from the median of th
 
 Usage::
 
-    python benchmarks/classical_speed.py [--threads 1] [--device cpu] [--max-d 1000000]
+    python benchmarks/classical_speed.py [--threads 1] [--device cpu] [--max-d 1000000] [--suite localized]
+
+``--suite localized`` times the LETKF beside ``lenff-ot`` (gradient and kalman guidance), ``lenff-f2p``,
+``lensf`` and ``lpf`` at the same radius, ``S = LOCALIZED_STEPS`` velocity evaluations each.
 """
 
 from __future__ import annotations
@@ -38,8 +41,26 @@ GRID_RADIUS_CELLS = 2.0
 LOCALIZED_ENKF_MAX_D = 4_000
 
 
+#: Velocity (or score) evaluations per analysis of the localized generative filters in ``--suite localized``.
+LOCALIZED_STEPS = 9
+
+
+def localized_cases(max_d: int) -> list[dict[str, Any]]:
+    """The LETKF and the localized filters on the rings, at the LETKF's radius."""
+    filters = [
+        ("letkf", {}),
+        ("lenff-ot", {"steps": LOCALIZED_STEPS, "guidance": "local"}),
+        ("lenff-ot", {"steps": LOCALIZED_STEPS, "guidance": "kalman"}),
+        ("lenff-f2p", {"steps": LOCALIZED_STEPS}),
+        ("lensf", {"steps": LOCALIZED_STEPS}),
+        ("lpf", {}),
+    ]
+    return [{"filter": name, "hyper": {"radius": RING_RADIUS, **hyper}, "grid": "ring", "d": d}
+            for d in RING_SIZES if d <= max_d for name, hyper in filters]
+
+
 def cases(max_d: int) -> list[dict[str, Any]]:
-    """Every (filter, geometry) pair of the benchmark."""
+    """Every (filter, geometry) pair of the classical benchmark."""
     out = []
     for d in (d for d in RING_SIZES if d <= max_d):
         out += [
@@ -55,8 +76,9 @@ def cases(max_d: int) -> list[dict[str, Any]]:
     return out
 
 
-def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: float = 2.0) -> dict[str, Any]:
-    """Time one case in this process."""
+def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: float = 2.0,
+            min_repeats: int = 3) -> dict[str, Any]:
+    """Time one case in this process: a first call, then at least ``min_repeats`` timed calls."""
     from enff.filters import get_filter
     from enff.models.base import Grid
     from enff.observations.operators import Identity
@@ -86,7 +108,7 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
 
     first = once()
     times = []
-    while len(times) < 3 or (sum(times) < min_seconds and len(times) < 50):
+    while len(times) < min_repeats or (sum(times) < min_seconds and len(times) < 50):
         times.append(once())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if device != "cpu":
@@ -107,19 +129,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--max-d", type=int, default=max(RING_SIZES))
+    parser.add_argument("--suite", choices=("classical", "localized"), default="classical")
+    parser.add_argument("--min-repeats", type=int, default=3, help="timed calls after the first one (at least)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON of a single case
     parser.add_argument("--out", type=Path, default=RESULTS / "classical_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     if args.one:
-        print(json.dumps(measure(json.loads(args.one), args.device, dtype)))
+        print(json.dumps(measure(json.loads(args.one), args.device, dtype, min_repeats=args.min_repeats)))
         return
     baseline = [sys.executable, "-c", "import resource, enff.filters; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"]
     rows = []
-    for case in cases(args.max_d):
+    for case in (cases if args.suite == "classical" else localized_cases)(args.max_d):
         command = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,
-                   "--dtype", args.dtype, "--one", json.dumps(case)]
+                   "--dtype", args.dtype, "--min-repeats", str(args.min_repeats), "--one", json.dumps(case)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
             rows.append({**case, "error": result.stderr.strip().splitlines()[-1]})
@@ -132,6 +156,7 @@ def main() -> None:
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "torch_threads": args.threads,
         "dtype": args.dtype,
+        "suite": args.suite,
         "members": MEMBERS,
         "torch": torch.__version__,
         "import_peak_rss_mib": float(subprocess.run(baseline, capture_output=True, text=True).stdout),

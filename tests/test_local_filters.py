@@ -341,3 +341,34 @@ def test_local_particle_filter_infinite_radius_weights_are_the_bootstrap_weights
     local = torch.softmax(local_log_likelihood(layout, spatial_taper(layout, math.inf), terms, obs), dim=0)
     direct = torch.softmax(-terms.sum(dim=1), dim=0)
     torch.testing.assert_close(local, direct[:, None].expand(8, 20), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# standardized coordinates and spread relaxation
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("guidance", ["local", "mc", "kalman", "none"])
+def test_standardized_coordinates_make_the_analysis_scale_equivariant(guidance):
+    forecast, _, y, obs = _problem(std=0.5)
+    scale, shift = 0.01, 3.0  # the same problem in other units: states, observations and errors
+    units = ObservationSpace(obs.operator, obs.std * scale, obs.grid, obs.state_shape)
+    keys = {"radius": 4.0, "steps": 6, "guidance": guidance, "coordinates": "standardized", "guidance_scale": 0.2}
+    filt = get_filter("lenff-ot", **keys)
+    a = filt.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(4))
+    b = filt.analysis(shift + scale * forecast, shift + scale * y, units, generator=torch.Generator().manual_seed(4))
+    # the gradient guidance is scale-free too: grad_z E = s grad_x E and E is dimensionless
+    torch.testing.assert_close(shift + scale * a, b, rtol=1e-9, atol=1e-9 * scale)
+    state = get_filter("lenff-ot", **{**keys, "coordinates": "state"})
+    c = state.analysis(shift + scale * forecast, shift + scale * y, units, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(c, b, atol=1e-3 * scale)  # the N(0, I) source has no such invariance
+
+
+@pytest.mark.parametrize("name", ["lenff-ot", "lenff-f2p", "lensf"])
+def test_full_spread_relaxation_restores_the_prior_spread(name):
+    forecast, previous, y, obs = _problem(operator=ATan())
+    keys = {"radius": 4.0, "steps": 6, "rtps": 1.0, "inflation": 1.1}
+    analysis = get_filter(name, **keys).analysis(forecast, y, obs, previous=previous,
+                                                 generator=torch.Generator().manual_seed(5))
+    inflated = forecast.mean(0) + 1.1 * (forecast - forecast.mean(0))
+    torch.testing.assert_close(analysis.std(dim=0), inflated.std(dim=0), rtol=1e-10, atol=1e-12)

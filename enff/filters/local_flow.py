@@ -28,16 +28,19 @@ global weights at every point, that is the published filter).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, get_args
 
+import numpy as np
 import torch
 
+from enff.observations.base import ObservationOperator, flatten_members
 from enff.observations.space import ObservationSpace
 
 from .base import register
 from .ensemble_flow import EnFFF2P, EnFFOT, EnsembleFlowFilter
 from .guidance import LocalGuidance, make_guidance
+from .inflation import check_rtps, multiplicative_inflation, rtps
 from .kalman_guidance import KalmanGuide
 from .localization import check_radius
 from .local_weights import WeightStats, local_log_likelihood, local_mixture, squared_residuals
@@ -46,10 +49,15 @@ from .paths import ProbabilityPath
 from .spatial_taper import SpatialLayout, spatial_taper
 
 __all__ = ["LocalGuidanceKind", "LocalFlowResult", "local_flow_analysis", "LocalEnsembleFlowFilter", "LEnFFOT",
-           "LEnFFF2P", "LOCAL_DIAGNOSTICS", "combine_stats"]
+           "LEnFFF2P", "LOCAL_DIAGNOSTICS", "FlowCoordinates", "SpreadRelaxation",
+           "Standardized", "standardize",
+           "combine_stats"]
 
 #: Guidance kinds of the localized flow filters.
 LocalGuidanceKind = Literal["local", "mc", "kalman", "none"]
+
+#: Coordinates the localized flow runs in (see :class:`LocalEnsembleFlowFilter`).
+FlowCoordinates = Literal["state", "standardized"]
 
 #: Per-cycle diagnostics of every filter with localized weights.
 LOCAL_DIAGNOSTICS = ("max_weight", "distinct_members", "local_ess_mean", "local_ess_min")
@@ -161,8 +169,59 @@ def local_flow_analysis(
     return LocalFlowResult(particles, combine_stats(history))
 
 
+@dataclass(frozen=True, eq=False)
+class Standardized(ObservationOperator):
+    """``x = mean + scale * z`` for flat standardized states ``z``: the map back to the state, as an operator.
+
+    Composed in front of an observation operator (``Standardized(m, s) | h``) it lets a filter work on
+    standardized states while observing (and differentiating) the real ones. Output ``j`` is state
+    element ``j``, so observation locations do not change.
+
+    Attributes
+    ----------
+    mean, scale:
+        Per-element offset and scale, shape ``(d,)``, state units.
+    """
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.mean, flatten_members(x), self.scale)
+
+    def source_index(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.arange(int(np.prod(shape)), dtype=np.int64)
+
+
+def standardize(x1: torch.Tensor) -> Standardized:
+    """Mean and standard deviation per element of the members ``x1`` ``(M, d)`` (zero spread: scale 1)."""
+    scale = x1.std(dim=0)
+    return Standardized(x1.mean(dim=0), torch.where(scale > 0, scale, torch.ones_like(scale)))
+
+
+class SpreadRelaxation:
+    """Mixin for generative filters: relaxation of the analysis spread to the prior's (RTPS) after the analysis.
+
+    The class it is mixed into has an ``rtps`` field (factor in ``[0, 1]``, 0 = none) and an ``inflation``
+    field; the prior is the inflated forecast, as for the classical filters.
+    """
+
+    rtps: float
+    inflation: float
+
+    def analysis(self, forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace, *,
+                 previous: torch.Tensor | None = None, generator: torch.Generator,
+                 diagnostics: dict[str, float] | None = None) -> torch.Tensor:
+        """The analysis of the generative filter, its spread relaxed toward the inflated forecast's."""
+        result = super().analysis(forecast, y, obs, previous=previous, generator=generator,  # type: ignore[misc]
+                                  diagnostics=diagnostics)
+        if self.rtps == 0.0:
+            return result
+        return rtps(multiplicative_inflation(forecast, self.inflation), result, self.rtps)
+
+
 @dataclass(frozen=True)
-class LocalEnsembleFlowFilter(EnsembleFlowFilter):
+class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
     """Localized EnFF hyper-parameters (the case file's ``[filter]`` keys) and analysis.
 
     Attributes
@@ -171,6 +230,17 @@ class LocalEnsembleFlowFilter(EnsembleFlowFilter):
         Gaspari-Cohn half-width of the weights in model length units (required; ``inf`` = global weights).
     guidance:
         ``"local"``, ``"mc"``, ``"kalman"`` or ``"none"`` (see the module docstring).
+    rtps:
+        Relaxation of the analysis spread to the prior spread, in ``[0, 1]`` (0 = none; see
+        :func:`~enff.filters.inflation.rtps`).
+    coordinates:
+        ``"state"`` (the flow moves the states themselves, as published) or ``"standardized"``: the flow moves
+        ``z = (x - m) / s``, ``m`` and ``s`` the forecast mean and spread of each element, and the result is
+        mapped back. The source ``N(0, I)`` then has the forecast's scale, so the per-point weights separate
+        the particles while the flow still has time to move them (in state coordinates a forecast spread far
+        below 1 keeps the local weights uniform until the last steps and the particles collapse onto one
+        weighted mean); ``sigma_min`` is then in units of the forecast spread and ``guidance_scale`` acts on
+        ``grad_z E = s grad_x E``.
     steps, sigma_min, guidance_scale, guidance_schedule, sampler, inflation:
         As for the global filter (:class:`~enff.filters.ensemble_flow.EnsembleFlowFilter`);
         ``guidance_scale`` and ``guidance_schedule`` only matter for ``"local"`` guidance.
@@ -180,9 +250,14 @@ class LocalEnsembleFlowFilter(EnsembleFlowFilter):
 
     radius: float | None = None
     guidance: LocalGuidanceKind = "local"  # type: ignore[assignment]
+    rtps: float = 0.0
+    coordinates: FlowCoordinates = "state"
 
     def __post_init__(self) -> None:
         check_radius(self.radius, required=True)
+        check_rtps(self.rtps)
+        if self.coordinates not in get_args(FlowCoordinates):
+            raise ValueError(f"coordinates must be one of {get_args(FlowCoordinates)}, got {self.coordinates!r}")
         if self.guidance not in get_args(LocalGuidanceKind):
             raise ValueError(f"guidance must be one of {get_args(LocalGuidanceKind)}, got {self.guidance!r}")
         if self.guidance == "kalman" and self.path_type.paired:
@@ -208,6 +283,11 @@ class LocalEnsembleFlowFilter(EnsembleFlowFilter):
     ) -> torch.Tensor:
         path = self.path()
         x0 = self._source_members(x1, previous)
+        change = standardize(x1) if self.coordinates == "standardized" else None
+        if change is not None:
+            x1 = (x1 - change.mean) / change.scale
+            x0 = None if x0 is None else (x0 - change.mean) / change.scale
+            obs = replace(obs, operator=change | obs.operator)
         source = path.sample_source(x1, x0, generator)
         gradient = self.guide()
         result = local_flow_analysis(
@@ -215,9 +295,10 @@ class LocalEnsembleFlowFilter(EnsembleFlowFilter):
             steps=self.steps, sampler=self.sampler, x0=x0,
             gradient_guidance=gradient if isinstance(gradient, LocalGuidance) else None,
         )
+        particles = result.particles if change is None else torch.addcmul(change.mean, result.particles, change.scale)
         if diagnostics is not None:
             diagnostics.update(result.stats.as_diagnostics())
-        return result.particles
+        return particles
 
 
 @register("lenff-ot")

@@ -18,7 +18,8 @@ from enff.observations.space import ObservationSpace
 
 from .base import register
 from .ensemble_score import EnSF
-from .local_flow import LOCAL_DIAGNOSTICS, combine_stats
+from .inflation import check_rtps
+from .local_flow import LOCAL_DIAGNOSTICS, SpreadRelaxation, combine_stats
 from .local_weights import WeightStats, local_mixture
 from .localization import check_radius
 from .spatial_taper import SpatialLayout, spatial_taper
@@ -28,13 +29,15 @@ __all__ = ["LEnSF"]
 
 @register("lensf")
 @dataclass(frozen=True)
-class LEnSF(EnSF):
+class LEnSF(SpreadRelaxation, EnSF):
     """Localized EnSF hyper-parameters (the case file's ``[filter]`` keys) and analysis.
 
     Attributes
     ----------
     radius:
         Gaspari-Cohn half-width of the weights in model length units (required; ``inf`` = global weights).
+    rtps:
+        Relaxation of the analysis spread to the prior spread, in ``[0, 1]`` (0 = none).
     score:
         Must be ``"mixture"`` (the per-member score has no weights to localize).
     steps, eps_alpha, eps_beta, sampler, clip, start, inflation:
@@ -45,10 +48,12 @@ class LEnSF(EnSF):
 
     radius: float | None = None
     score: str = "mixture"
+    rtps: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_radius(self.radius, required=True)
+        check_rtps(self.rtps)
         if self.score != "mixture":
             raise ValueError(f"lensf localizes the mixture prior score: score must be \"mixture\", got {self.score!r}")
 
