@@ -34,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output netCDF file (default out/<case>_<filter>.nc)")
     run.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    run.add_argument("--burn-in", type=int, default=None, help="cycles left out of the printed scores")
+    run.add_argument("--burn-in", type=int, default=None,
+                     help="cycles left out of the printed scores (default: the first tenth, cycles // 10)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     score = sub.add_parser("score", help="time-averaged scores of a run file")
     score.add_argument("file", type=Path)
-    score.add_argument("--burn-in", type=int, default=0, help="cycles to discard at the start")
+    score.add_argument("--burn-in", type=int, default=None,
+                       help="cycles to discard at the start (default: the first tenth, cycles // 10)")
     score.add_argument("--json", action="store_true", help="print one JSON object")
 
     plot = sub.add_parser("plot", help="PNG figures of a run file")
@@ -68,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from enff.casefile import CaseError, load_case, parse_case
     from enff.cycle import Divergence, RunStopped, run_case
     from enff.preflight import check_burn_in, check_observations_unchanged, check_output, input_files, read_run_attributes
-    from enff.summary import format_table, lost_track_warning, summarize
+    from enff.summary import format_table, lost_track_warning, resolve_burn_in, summarize
 
     if args.resume and (args.filter_name or args.overrides):
         return _fail("--resume continues the case stored in the run file as it is; --filter and --set cannot "
@@ -100,7 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return err.status
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         return _fail(str(err))
-    burn_in = args.burn_in if args.burn_in is not None else summary.cycles_done // 10
+    burn_in = resolve_burn_in(args.burn_in, summary.cycles_done)
     print(f"wrote {summary.path} ({summary.cycles_done} cycles); scores after a burn-in of {burn_in} cycles:")
     print(format_table(summarize(summary.path, burn_in=burn_in)))
     _warn(lost_track_warning(summary.path))
@@ -113,13 +115,15 @@ def _warn(message: str | None) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from enff.runfile import RunFileError
-    from enff.summary import format_table, lost_track_warning, summarize
+    from enff.runfile import RunFileError, open_run
+    from enff.summary import format_table, lost_track_warning, resolve_burn_in, summarize
 
     if not args.file.is_file():
         return _fail(f"{args.file}: no such file")
     try:
-        result = summarize(args.file, burn_in=args.burn_in)
+        ds = open_run(args.file)
+        burn_in = resolve_burn_in(args.burn_in, ds.sizes.get("time", 0))
+        result = summarize(ds, burn_in=burn_in)
     except RunFileError as err:
         return _fail(str(err))
     except (ValueError, KeyError, OSError) as err:
@@ -127,8 +131,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in result.items()}))
     else:
+        print(f"{args.file}: scores after a burn-in of {burn_in} cycles:")
         print(format_table(result))
-    _warn(lost_track_warning(args.file))
+    _warn(lost_track_warning(args.file, ds))
     return 0
 
 

@@ -10,7 +10,7 @@ import xarray as xr
 from enff.runfile import open_run
 from enff.tracking import WINDOW, describe
 
-__all__ = ["format_table", "lost_track", "lost_track_warning", "summarize"]
+__all__ = ["default_burn_in", "format_table", "lost_track", "lost_track_warning", "resolve_burn_in", "summarize"]
 
 
 def lost_track(ds: xr.Dataset) -> tuple[int, int] | None:
@@ -33,8 +33,20 @@ def lost_track_warning(path: str | Path, ds: xr.Dataset | None = None) -> str | 
             f"in each of the {WINDOW} cycles up to it")
 
 
-def summarize(path: str | Path | xr.Dataset, burn_in: int = 0) -> dict[str, float | int | None]:
-    """Average the per-cycle scores of a run after discarding the first ``burn_in`` cycles.
+def default_burn_in(cycles: int) -> int:
+    """The burn-in of ``enff run``, ``enff score`` and :func:`summarize` when none is given: the first tenth
+    of a run's ``cycles`` complete cycles, rounded down (0 below 10 cycles). Counted in cycles."""
+    return cycles // 10
+
+
+def resolve_burn_in(burn_in: int | None, cycles: int) -> int:
+    """``burn_in`` (cycles), or :func:`default_burn_in` of a run with ``cycles`` complete cycles when it is ``None``."""
+    return default_burn_in(cycles) if burn_in is None else burn_in
+
+
+def summarize(path: str | Path | xr.Dataset, burn_in: int | None = None) -> dict[str, float | int | None]:
+    """Average the per-cycle scores of a run after discarding the first ``burn_in`` cycles
+    (``None``: :func:`default_burn_in` of the run's complete cycles).
 
     Returns a dict with ``rmse``, ``spread``, ``crps``, ``spread_rmse_ratio``, ``analysis_seconds``,
     ``cycles`` (analysis values; ``cycles`` counts the averaged cycles) followed by ``rmse_forecast``,
@@ -44,9 +56,10 @@ def summarize(path: str | Path | xr.Dataset, burn_in: int = 0) -> dict[str, floa
     """
     ds = path if isinstance(path, xr.Dataset) else open_run(path)
     first_lost = lost_track(ds)
+    n = ds.sizes.get("time", 0)
+    burn_in = resolve_burn_in(burn_in, n)
     if burn_in < 0:
         raise ValueError(f"burn_in must be >= 0, got {burn_in}")
-    n = ds.sizes.get("time", 0)
     if n <= burn_in:
         raise ValueError(f"the run has {n} complete cycles, not more than burn_in={burn_in}")
     ds = ds.isel(time=slice(burn_in, None))

@@ -167,6 +167,28 @@ def test_score_and_plot_commands(tmp_path, small_case_file, capsys):
     assert main(["score", str(tmp_path / "missing.nc")]) == 2
 
 
+def test_run_and_score_share_one_default_burn_in(tmp_path, small_case_file, capsys):
+    import json
+
+    from enff.summary import default_burn_in, summarize
+
+    out = tmp_path / "run.nc"
+    assert main(["run", str(small_case_file), "--out", str(out), "--quiet"]) == 0
+    printed_by_run = capsys.readouterr().out
+    burn_in = default_burn_in(12)
+    assert burn_in == 1  # the first tenth of the 12 cycles, rounded down
+    assert f"scores after a burn-in of {burn_in} cycles:" in printed_by_run
+    assert main(["score", str(out)]) == 0
+    printed_by_score = capsys.readouterr().out
+    assert f"scores after a burn-in of {burn_in} cycles:" in printed_by_score
+    assert printed_by_run.split("cycles:\n", 1)[1] == printed_by_score.split("cycles:\n", 1)[1]  # one table
+    assert main(["score", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cycles"] == 12 - burn_in
+    assert result["rmse"] == summarize(out)["rmse"] == summarize(out, burn_in=burn_in)["rmse"]
+    assert result["rmse"] == pytest.approx(float(open_run(out)["rmse_analysis"][burn_in:].mean()))
+
+
 def test_real_observations_from_a_file_with_missing_values(tmp_path, small_case_text):
     rng = np.random.default_rng(0)
     values = rng.normal(size=(6, 20))
