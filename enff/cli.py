@@ -15,6 +15,7 @@ from pathlib import Path
 
 from enff.cli_sweep import COMMANDS as SWEEP_COMMANDS
 from enff.cli_sweep import add_commands as add_sweep_commands
+from enff.progress import add_progress_arguments
 
 __all__ = ["main", "build_parser"]
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     run.add_argument("--burn-in", type=int, default=None,
                      help="cycles left out of the printed scores (default: the first tenth, cycles // 10)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_arguments(run)
 
     score = sub.add_parser("score", help="time-averaged scores of a run file")
     score.add_argument("file", type=Path)
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--burn-in", type=int, default=0, help="cycles left out at the start of each file")
     learn.add_argument("--max-epochs", type=int, default=500, help="upper bound on training epochs")
     learn.add_argument("--seed", type=int, default=0, help="seed of the weights, split and batches")
-    learn.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_arguments(learn)
     add_sweep_commands(sub)
     return parser
 
@@ -93,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(err))
     try:
         summary = run_case(case, out, resume=args.resume, overwrite=args.overwrite,
-                           progress=False if args.quiet else None)
+                           progress=args.progress)
     except Divergence as err:
         print(f"enff: {err}; the {err.cycle - 1} good cycles before it are in {out}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -177,7 +178,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         return _fail(str(err))
     try:
         theta, context = analysis_training_set(args.files, burn_in=args.burn_in)
-        training = TrainingConfig(max_epochs=args.max_epochs, progress=False if args.quiet else None)
+        training = TrainingConfig(max_epochs=args.max_epochs, progress=args.progress)
         posterior = fit_learned_analysis(theta, context, training, seed=args.seed)
     except (ValueError, KeyError, OSError) as err:
         return _fail(str(err))

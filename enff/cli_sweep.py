@@ -14,6 +14,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
+from enff.progress import add_progress_arguments
+
 __all__ = ["COMMANDS", "add_commands"]
 
 
@@ -26,7 +28,7 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
                        help="process workers (one thread each) of the local cluster (default 2)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="a running dask scheduler, e.g. tcp://10.0.0.1:8786")
     sweep.add_argument("--retries", type=int, default=2, help="reruns of a task whose worker died (default 2)")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_arguments(sweep)
 
     compare = sub.add_parser("compare", help="scores of many runs by configuration: mean and SE over seeds")
     compare.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="run files or folders of run files")
@@ -67,7 +69,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             client = stack.enter_context(Client(stack.enter_context(local_cluster(args.workers))))
         link = dashboard_link(client)
         print(f"dashboard: {link}" if link else "dashboard: none (the scheduler serves none; install bokeh)")
-        result = run_sweep(runs, client, retries=args.retries, progress=False if args.quiet else None)
+        result = run_sweep(runs, client, retries=args.retries, progress=args.progress)
     print(format_report(result))
     return EXIT_SOME_FAILED if result.failures else 0
 

@@ -7,6 +7,7 @@ exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import math
 import shlex
 import signal
 import threading
@@ -24,6 +25,7 @@ import enff
 from enff import scores
 from enff.casefile import Case
 from enff.preflight import check_observations_unchanged, observation_checksum
+from enff.progress import tqdm_disable
 from enff.runfile import CycleRecord, RunFile, RunFileError, RunFileWriteError, check_run
 from enff.tracking import TrackMonitor, truth_scale
 
@@ -34,6 +36,10 @@ _TRUTH_STREAM, _ENSEMBLE_STREAM, _CYCLE_STREAM = 0, 1, 2
 AUTO_SAVE_ANALYSIS_MAX_STATE = 5000
 #: Exit status of a run stopped because its file could not be written (signals give 128 + the signal).
 EXIT_IO = 5
+#: The spin-up advances the truth in this many chunks at most, so that its progress bar moves.
+SPINUP_UPDATES = 100
+#: Seconds before the spin-up's progress bar appears: a spin-up shorter than this shows none.
+SPINUP_BAR_DELAY = 2.0
 
 
 class Divergence(RuntimeError):
@@ -101,19 +107,31 @@ class Experiment:
     def generator(self, stream: int, cycle: int = 0) -> torch.Generator:
         return seeded_generator(self.seed, stream, cycle, self.device)
 
-    def initial_condition(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def initial_condition(self, progress: bool | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Truth after the spin-up ``(*state)`` (``None`` for real observations) and the initial
-        ensemble ``(member, *state)``."""
+        ensemble ``(member, *state)``; ``progress`` as in :func:`run_case` (for the spin-up)."""
         truth = None
         if self.has_truth:
             truth = self.model.initial_state(self.generator(_TRUTH_STREAM), 1, dtype=self.dtype, device=self.device)
             if self.spinup:
-                truth = self.model.step(truth, self.spinup)
+                truth = self._spin_up(truth, progress)
         gen = self.generator(_ENSEMBLE_STREAM)
         noise = torch.randn((self.n_members, *self.model.state_shape), generator=gen, dtype=self.dtype,
                             device=self.device)
         centre = truth if self.initial_mean == "truth" and truth is not None else 0.0
         return (None if truth is None else truth[0]), centre + self.initial_std * noise
+
+    def _spin_up(self, truth: torch.Tensor, progress: bool | None) -> torch.Tensor:
+        """``truth`` ``(1, *state)`` advanced by ``run.spinup`` model steps, in at most :data:`SPINUP_UPDATES`
+        chunks under a progress bar that appears after :data:`SPINUP_BAR_DELAY` seconds."""
+        chunk = math.ceil(self.spinup / SPINUP_UPDATES)
+        with tqdm(total=self.spinup, desc="spin-up", unit="step", delay=SPINUP_BAR_DELAY, leave=False,
+                  disable=tqdm_disable(progress)) as bar:
+            for start in range(0, self.spinup, chunk):
+                steps = min(chunk, self.spinup - start)
+                truth = self.model.step(truth, steps)
+                bar.update(steps)
+        return truth
 
     def attributes(self) -> dict[str, Any]:
         """Global attributes that make the file alone enough to reproduce the run."""
@@ -320,7 +338,8 @@ def run_case(
     overwrite:
         Replace an existing ``out``; without it (and without ``resume``) an existing file is an error.
     progress:
-        Show a progress bar; ``None`` shows it only on a terminal.
+        Show progress bars (the spin-up's when it lasts over :data:`SPINUP_BAR_DELAY` seconds, then the
+        cycles'); ``None`` shows them only on a terminal, ``True`` also into a log (:mod:`enff.progress`).
 
     Raises
     ------
@@ -352,12 +371,12 @@ def _run(exp: Experiment, out: Path, guard: _SignalGuard, *, resume: bool, overw
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
         out.parent.mkdir(parents=True, exist_ok=True)
-        truth, ensemble = exp.initial_condition()
+        truth, ensemble = exp.initial_condition(progress)
         writer = exp.create_file(out, truth, ensemble, replace=overwrite)
         cycles_done = 0
     monitor = TrackMonitor(exp.n_members)
     bar = tqdm(total=exp.cycles, initial=cycles_done, desc=f"{exp.filter.name}", unit="cycle",
-               disable=None if progress is None else not progress)
+               disable=tqdm_disable(progress))
     last: dict[str, float] = {}
     lost: int | None = None
     try:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 from tqdm import tqdm
 
+from enff.progress import tqdm_disable
 from enff.runstatus import Failure, clear_failure, write_failure
 from enff.sweepspec import PlannedRun, SweepSpec, plan
 
@@ -166,7 +167,7 @@ def run_sweep(runs: SweepSpec | Sequence[PlannedRun], client: "Client", *, retri
                for run in planned}
     outcomes: dict[str, RunOutcome] = {}
     failed = 0
-    with tqdm(total=len(planned), desc="sweep", unit="run", disable=None if progress is None else not progress) as bar:
+    with tqdm(total=len(planned), desc="sweep", unit="run", disable=tqdm_disable(progress)) as bar:
         for future in as_completed(futures):
             run = futures[future]
             try:

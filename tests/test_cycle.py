@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import netCDF4
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from enff.casefile import parse_case
@@ -187,6 +188,27 @@ def test_run_and_score_share_one_default_burn_in(tmp_path, small_case_file, caps
     assert result["cycles"] == 12 - burn_in
     assert result["rmse"] == summarize(out)["rmse"] == summarize(out, burn_in=burn_in)["rmse"]
     assert result["rmse"] == pytest.approx(float(open_run(out)["rmse_analysis"][burn_in:].mean()))
+
+
+def test_spin_up_in_chunks_equals_one_model_call(small_case_text):
+    from enff.cycle import _TRUTH_STREAM, Experiment
+
+    exp = Experiment(parse_case(small_case_text, overrides=["run.spinup=250"]))  # 84 chunks of 3 steps, the last 1
+    truth, _ = exp.initial_condition(progress=False)
+    start = exp.model.initial_state(exp.generator(_TRUTH_STREAM), 1, dtype=exp.dtype, device=exp.device)
+    assert torch.equal(truth, exp.model.step(start, 250)[0])
+
+
+@pytest.mark.parametrize("flag", ["--progress", "--no-progress", "--quiet", None])
+def test_progress_flags_of_enff_run(tmp_path, small_case_file, capsys, monkeypatch, flag):
+    import enff.cycle
+
+    monkeypatch.setattr(enff.cycle, "SPINUP_BAR_DELAY", 0.0)  # a spin-up bar without waiting for it
+    out = tmp_path / "run.nc"
+    assert main(["run", str(small_case_file), "--out", str(out), *([flag] if flag else [])]) == 0
+    err = capsys.readouterr().err
+    shown = flag == "--progress"  # pytest's stderr is no terminal: the default shows nothing
+    assert ("spin-up" in err) == shown and ("12/12" in err) == shown, err
 
 
 def test_real_observations_from_a_file_with_missing_values(tmp_path, small_case_text):

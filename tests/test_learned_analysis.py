@@ -132,9 +132,11 @@ def test_training_set_from_run_files_and_a_cycling_run(tmp_path, capsys):
     theta, context = analysis_training_set(runs, burn_in=50)
     assert theta.shape == (1900, 3) and context.shape == (1900, 3 + 2 * 3)
     assert torch.equal(theta[0], torch.as_tensor(xr.open_dataset(runs[0])["truth"][50].values, dtype=torch.float32))
-    assert main(["learn", *map(str, runs), "--burn-in", "50", "--max-epochs", "60", "--quiet",
+    assert main(["learn", *map(str, runs), "--burn-in", "50", "--max-epochs", "60", "--progress",
                  "--out", str(tmp_path / "l63.pt")]) == 0
-    assert "1900 pairs" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "1900 pairs" in printed.out
+    assert "training" in printed.err  # --progress shows the bar without a terminal too
     with pytest.raises(ValueError, match="no complete cycles after a burn-in of 1000"):
         analysis_training_set(runs, burn_in=1000)
     held_out = ["run.seed=0", "run.cycles=200"]

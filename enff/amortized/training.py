@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from enff.progress import tqdm_disable
+
 __all__ = ["TrainingConfig", "TrainingHistory", "train"]
 
 #: ``loss(indices, generator)``: mean loss over the training examples ``indices`` (a 1-D long tensor),
@@ -115,7 +117,7 @@ def train(module: nn.Module, loss: BatchLoss, n_examples: int, config: TrainingC
     best, best_state, stale = math.inf, copy.deepcopy(module.state_dict()), 0
     start = time.perf_counter()
     batch = min(config.batch_size, len(train_idx))
-    bar = tqdm(range(config.max_epochs), disable=None if config.progress is None else not config.progress,
+    bar = tqdm(range(config.max_epochs), disable=tqdm_disable(config.progress),
                desc="training", leave=False)
     for epoch in bar:
         module.train()
