@@ -1,5 +1,6 @@
 """FMPE: posterior accuracy against analytic and sbibm reference posteriors, save/load, bad input."""
 
+import time
 import warnings
 
 import pytest
@@ -124,6 +125,37 @@ def test_bounded_prior_rejects_and_log_prob_is_minus_inf_outside(two_moons):
     assert bool((samples.abs() <= 1).all())
     logp = two_moons.log_prob(torch.tensor([[1.5, 0.0], [0.0, 0.0]]), x[:1])
     assert logp[0] == -torch.inf and torch.isfinite(logp[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_box():
+    """A tiny FMPE on x = theta + 0.1 eps with the prior U([-1, 1]^2), trained for a few epochs (seconds)."""
+    prior = torch.distributions.Independent(torch.distributions.Uniform(-torch.ones(2), torch.ones(2)), 1)
+    gen = torch.Generator().manual_seed(0)
+    theta = 2 * torch.rand(400, 2, generator=gen) - 1
+    estimator = FMPE(prior, network=NetworkConfig(hidden_features=(16, 16)),
+                     training=TrainingConfig(max_epochs=5, progress=False))
+    return estimator.fit(theta, theta + 0.1 * torch.randn(400, 2, generator=gen))
+
+
+def test_sampling_far_from_the_simulations_stops_at_once_naming_the_acceptance_rate(tiny_box):
+    absurd = torch.tensor([[1e3, -1e3]])
+    gen = torch.Generator().manual_seed(1)
+    assert not bool(tiny_box.prior.support.check(tiny_box.sample(200, absurd, generator=gen, reject=False)).any())
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"0 of 200 draws accepted \(acceptance rate 0.00%\).*incomplete='nan'"):
+        tiny_box.sample(200, absurd, generator=gen)
+    assert time.perf_counter() - start < 5  # one draw, no redraw loop
+
+
+def test_incomplete_nan_returns_what_was_accepted(tiny_box):
+    x = torch.tensor([[0.2, -0.3], [1e3, -1e3]])  # near the simulations, absurd
+    samples = tiny_box.sample(100, x, generator=torch.Generator().manual_seed(2), incomplete="nan")
+    assert samples.shape == (100, 2, 2)
+    assert bool(tiny_box.prior.support.check(samples[:, 0]).all())
+    assert bool(samples[:, 1].isnan().all())
+    with pytest.raises(ValueError, match="incomplete must be"):
+        tiny_box.sample(10, x, incomplete="partial")
 
 
 def test_two_moons_c2st_against_sbibm_reference(two_moons):

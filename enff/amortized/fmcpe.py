@@ -60,7 +60,7 @@ from .flow_matching import coupling_path, flow_matching_loss, sample_time
 from .fmpe import FMPEPosterior
 from .networks import ConditionalFlow, EmbeddingConfig, NetworkConfig, seeded_init
 from .ode import SolverConfig, integrate
-from .posterior import Posterior, check_pairs, check_rows, new_generator, sample_in_support
+from .posterior import Incomplete, Posterior, check_pairs, check_rows, new_generator, sample_in_support
 from .storage import config_from_data
 from .training import TrainingConfig, TrainingHistory, train
 
@@ -338,12 +338,14 @@ class FMCPEPosterior(Posterior):
         return self.stage_one.x_scaler.inverse(z_x)
 
     def sample(self, n: int, x: torch.Tensor, *, generator: torch.Generator | None = None,
-               solver: SolverConfig | None = None, reject: bool = True) -> torch.Tensor:
+               solver: SolverConfig | None = None, reject: bool = True, incomplete: Incomplete = "raise"
+               ) -> torch.Tensor:
         """Draw ``n`` corrected samples for each real observation in ``x`` ``(batch, x_dim)``; returns ``(n, batch, d)``.
 
         Stage-one draws are never rejected (the parameter flow was trained on unrejected draws, and a
         carried observation far from the simulations can put almost all of ``q`` outside a bounded
-        prior); ``reject=False`` also keeps corrected samples outside the prior support.
+        prior); ``reject=False`` also keeps corrected samples outside the prior support. ``incomplete``: as in
+        :meth:`FMPEPosterior.sample <enff.amortized.fmpe.FMPEPosterior.sample>`.
         """
         check_rows("x", x, self.x_dim)
         if int(n) < 1:
@@ -364,7 +366,8 @@ class FMCPEPosterior(Posterior):
             return self.stage_one.theta_scaler.inverse(z1)
 
         if reject:
-            flat = sample_in_support(draw, rows.shape[0], self.prior, self.stage_one.max_rejection_rounds, x.device)
+            flat = sample_in_support(draw, rows.shape[0], self.prior, self.stage_one.max_rejection_rounds, x.device,
+                                     incomplete)
         else:
             flat = draw(torch.arange(rows.shape[0], device=x.device))
         return flat.reshape(int(n), x.shape[0], self.theta_dim)

@@ -23,7 +23,8 @@ from .divergence import flow_log_prob
 from .flow_matching import flow_matching_loss, ot_path, sample_time
 from .networks import ConditionalFlow, NetworkConfig, seeded_init
 from .ode import SolverConfig, integrate
-from .posterior import Posterior, Standardizer, check_pairs, check_rows, new_generator, sample_in_support
+from .posterior import (Incomplete, Posterior, Standardizer, check_pairs, check_rows, new_generator,
+                        sample_in_support)
 from .storage import config_from_data, prior_from_data
 from .training import TrainingConfig, TrainingHistory, train
 
@@ -62,7 +63,8 @@ class FMPE:
     hutchinson_above:
         ``log_prob`` uses Hutchinson's trace estimate when ``d`` exceeds this, the exact trace otherwise.
     max_rejection_rounds:
-        Redraws of samples that fall outside a bounded prior's support before giving up.
+        Redraws of samples that fall outside a bounded prior's support before giving up (sampling also
+        gives up once fewer than :data:`~enff.amortized.posterior.MIN_ACCEPTANCE` of the draws are accepted).
     seed:
         Seed of the training generator (split, batches, path points).
     """
@@ -143,8 +145,9 @@ class FMPEPosterior(Posterior):
 
     @torch.no_grad()
     def sample_rows(self, x: torch.Tensor, generator: torch.Generator, solver: SolverConfig | None = None,
-                    reject: bool = True) -> torch.Tensor:
-        """One sample for each row of ``x`` ``(rows, x_dim)``, inside the prior support if ``reject``; ``(rows, d)``."""
+                    reject: bool = True, incomplete: Incomplete = "raise") -> torch.Tensor:
+        """One sample for each row of ``x`` ``(rows, x_dim)``, inside the prior support if ``reject``
+        (``incomplete`` as in :func:`~enff.amortized.posterior.sample_in_support`); ``(rows, d)``."""
         e = self.flow.embed(self.x_scaler.forward(x.float()))
         solver = solver or self.solver
 
@@ -154,7 +157,7 @@ class FMPEPosterior(Posterior):
 
         if not reject:
             return draw(torch.arange(x.shape[0], device=e.device))
-        return sample_in_support(draw, x.shape[0], self.prior, self.max_rejection_rounds, e.device)
+        return sample_in_support(draw, x.shape[0], self.prior, self.max_rejection_rounds, e.device, incomplete)
 
     def log_prob_rows(self, theta: torch.Tensor, x: torch.Tensor, generator: torch.Generator,
                       solver: SolverConfig | None = None) -> torch.Tensor:
@@ -171,7 +174,8 @@ class FMPEPosterior(Posterior):
         return out
 
     def sample(self, n: int, x: torch.Tensor, *, generator: torch.Generator | None = None,
-               solver: SolverConfig | None = None, reject: bool = True) -> torch.Tensor:
+               solver: SolverConfig | None = None, reject: bool = True, incomplete: Incomplete = "raise"
+               ) -> torch.Tensor:
         """Draw ``n`` samples per observation.
 
         Parameters
@@ -187,6 +191,12 @@ class FMPEPosterior(Posterior):
         reject:
             Redraw samples outside the prior support (``False`` returns the raw flow samples, e.g. to
             diagnose misspecified data for which the flow puts mass outside the prior).
+        incomplete:
+            When too few draws land inside the support (fewer than
+            :data:`~enff.amortized.posterior.MIN_ACCEPTANCE` of them, or rows still outside after
+            ``max_rejection_rounds`` redraws; typically an observation far from the simulations):
+            ``"raise"`` a ``RuntimeError`` naming the acceptance rate, or ``"nan"``: return the accepted
+            samples with NaN rows for the others.
 
         Returns
         -------
@@ -196,7 +206,7 @@ class FMPEPosterior(Posterior):
         if int(n) < 1:
             raise ValueError(f"n must be >= 1, got {n!r}")
         rows = x.repeat(int(n), 1)
-        flat = self.sample_rows(rows, new_generator(generator, x.device), solver, reject)
+        flat = self.sample_rows(rows, new_generator(generator, x.device), solver, reject, incomplete)
         return flat.reshape(int(n), x.shape[0], self.theta_dim)
 
     def log_prob(self, theta: torch.Tensor, x: torch.Tensor, *, generator: torch.Generator | None = None,

@@ -4,8 +4,9 @@ Shapes: parameters ``theta`` are ``(batch, theta_dim)``, observations ``x`` are 
 ``sample(n, x)`` returns ``(n, batch, theta_dim)``: ``n`` draws for each of the ``batch`` observations.
 ``log_prob(theta, x)`` accepts ``theta`` of shape ``(..., batch, theta_dim)`` with ``x`` of shape
 ``(batch, x_dim)`` or ``(1, x_dim)`` (one observation for all) and returns shape ``(..., batch)``.
-Samples outside the support of a bounded prior are rejected and redrawn; ``log_prob`` is ``-inf``
-there. The reported density is the learned one restricted to the support, not renormalised by the
+Samples outside the support of a bounded prior are rejected and redrawn, within a bound on the work
+(:func:`sample_in_support`: a clear error, or NaN rows on request, when too few are accepted); ``log_prob``
+is ``-inf`` there. The reported density is the learned one restricted to the support, not renormalised by the
 acceptance rate (which :meth:`Posterior.sample` reports through a warning when it is low).
 """
 
@@ -16,15 +17,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch.distributions import Distribution
 
 from .storage import PosteriorFileError, read_posterior_file, write_posterior_file
 
-__all__ = ["Posterior", "Standardizer", "check_pairs", "check_rows", "load_posterior", "new_generator",
-           "sample_in_support"]
+__all__ = ["MIN_ACCEPTANCE", "Incomplete", "Posterior", "Standardizer", "check_pairs", "check_rows", "load_posterior",
+           "new_generator", "sample_in_support"]
 
 def new_generator(generator: torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
     """Return ``generator``, or a fresh one on ``device`` seeded from operating-system entropy."""
@@ -93,32 +94,60 @@ class Standardizer:
         return -torch.log(self.std).sum()
 
 
+#: Sampling gives up once fewer than this fraction of all draws so far fell inside the prior support, so it
+#: costs at most about ``1 / MIN_ACCEPTANCE`` draws per sample; an observation far from the simulations
+#: (acceptance near 0) ends after the first draw.
+MIN_ACCEPTANCE = 0.05
+#: What :func:`sample_in_support` does with samples it could not place inside the support.
+Incomplete = Literal["raise", "nan"]
+
+
 def sample_in_support(draw: Callable[[torch.Tensor], torch.Tensor], n_total: int, prior: Distribution,
-                      max_rounds: int, device: torch.device | str) -> torch.Tensor:
+                      max_rounds: int, device: torch.device | str, incomplete: Incomplete = "raise") -> torch.Tensor:
     """Draw ``n_total`` rows with ``draw(indices)`` and redraw those outside ``prior``'s support.
 
     ``draw`` takes a long tensor of flat row indices and returns one sample ``(len(indices), dim)`` for
-    each. Warns when fewer than 10% of the first draws were accepted; raises ``RuntimeError`` if rows
-    remain outside the support after ``max_rounds`` redraws.
+    each. Warns when fewer than 10% of the first draws were accepted and it goes on. Stops redrawing after ``max_rounds``
+    redraws, or as soon as fewer than :data:`MIN_ACCEPTANCE` of all draws so far were accepted; then rows
+    still outside the support raise ``RuntimeError`` naming the acceptance rate (``incomplete="raise"``)
+    or come back as NaN rows (``incomplete="nan"``: what was accepted, in place).
     """
+    if incomplete not in ("raise", "nan"):
+        raise ValueError(f"incomplete must be 'raise' or 'nan', got {incomplete!r}")
     index = torch.arange(n_total, device=device)
     out = draw(index)
     inside = prior.support.check(out)
-    rate = float(inside.float().mean())
-    if rate < 0.1:
-        warnings.warn(f"only {rate:.1%} of posterior samples fell inside the prior support; sampling is slow "
+    first_rate = float(inside.float().mean())
+    if MIN_ACCEPTANCE <= first_rate < 0.1:  # below MIN_ACCEPTANCE sampling stops at once
+        warnings.warn(f"only {first_rate:.1%} of posterior samples fell inside the prior support; sampling is slow "
                       "and the posterior may be poorly trained", RuntimeWarning, stacklevel=3)
-    for _ in range(max_rounds):
+    drawn, rounds = n_total, 0
+    while not bool(inside.all()) and rounds < max_rounds and int(inside.sum()) >= MIN_ACCEPTANCE * drawn:
         missing = index[~inside]
-        if missing.numel() == 0:
-            return out
         redrawn = draw(missing)
         out[missing] = redrawn
         inside[missing] = prior.support.check(redrawn)
-    if not bool(inside.all()):
-        raise RuntimeError(f"{int((~inside).sum())} samples still outside the prior support after "
-                           f"max_rejection_rounds={max_rounds} redraws (first acceptance rate {rate:.2%})")
-    return out
+        drawn, rounds = drawn + missing.numel(), rounds + 1
+    return _unplaced(out, inside, drawn, rounds, max_rounds, incomplete)
+
+
+def _unplaced(out: torch.Tensor, inside: torch.Tensor, drawn: int, rounds: int, max_rounds: int,
+              incomplete: Incomplete) -> torch.Tensor:
+    """``out`` ``(rows, dim)`` when every row is ``inside`` the support; else NaN in the other rows
+    (``incomplete="nan"``) or a ``RuntimeError`` naming the acceptance rate of the ``drawn`` draws."""
+    n_out = int((~inside).sum())
+    if n_out == 0:
+        return out
+    if incomplete == "nan":
+        out[~inside] = float("nan")
+        return out
+    accepted = int(inside.sum())
+    why = (f"after max_rejection_rounds={max_rounds} redraws" if rounds >= max_rounds
+           else f"because fewer than {MIN_ACCEPTANCE:.0%} of the draws were accepted")
+    raise RuntimeError(f"{n_out} of {out.shape[0]} posterior samples are outside the prior support {why}: "
+                       f"{accepted} of {drawn} draws accepted (acceptance rate {accepted / drawn:.2%}); the "
+                       "observation may be far from the simulations. Pass incomplete='nan' to get the accepted "
+                       "samples with NaN rows for the others, or reject=False for the raw flow samples")
 
 
 class Posterior(ABC):
