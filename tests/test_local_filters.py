@@ -372,3 +372,25 @@ def test_full_spread_relaxation_restores_the_prior_spread(name):
                                                  generator=torch.Generator().manual_seed(5))
     inflated = forecast.mean(0) + 1.1 * (forecast - forecast.mean(0))
     torch.testing.assert_close(analysis.std(dim=0), inflated.std(dim=0), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("lenff-ot", ["filter.guidance=\"kalman\"", "filter.coordinates=\"standardized\""]),
+    ("lenff-f2p", ["filter.rtps=0.5"]),
+    ("lensf", ["filter.steps=10"]),
+    ("lpf", ["filter.jitter=0.05"]),
+])
+def test_localized_filters_run_from_a_case_file_and_write_their_diagnostics(tmp_path, small_case_file, name, extra):
+    import xarray as xr
+
+    from enff.cli import main
+
+    out = tmp_path / f"{name}.nc"
+    sets = [f"--set={item}" for item in ["filter.radius=5.0", "filter.steps=5", "run.cycles=4", *extra]
+            if not (name == "lpf" and "steps" in item)]
+    assert main(["run", str(small_case_file), "--filter", name, *sets, "--out", str(out), "--no-progress"]) == 0
+    with xr.open_dataset(out) as ds:
+        for diag in ("max_weight", "distinct_members", "local_ess_mean", "local_ess_min"):
+            values = ds[f"diag_{diag}"].values
+            assert values.shape == (4,) and np.isfinite(values).all()
+        assert 1.0 <= float(ds["diag_local_ess_min"].min()) <= float(ds["diag_local_ess_mean"].max()) <= 10.0
