@@ -64,8 +64,14 @@ def format_value(value: Any) -> str:
 
 
 def read_run_info(path: str | Path) -> RunInfo:
-    """Configuration, cycle count and status of the run file ``path``."""
+    """Configuration, cycle count and status of the run file ``path``.
+
+    Raises :class:`~enff.runfile.RunFileError` naming the file if it is not a consistent run file.
+    """
+    from enff.runfile import check_run
+
     path = Path(path)
+    check_run(path)
     with netCDF4.Dataset(str(path), "r") as ds:
         attrs = {k: ds.getncattr(k) for k in ds.ncattrs()}
         done = np.asarray(ds["cycle_complete"][:]) if ds.dimensions["time"].size else np.zeros(0)
@@ -122,7 +128,8 @@ def _keep_complete_cycles(masks: Mapping[str, np.ndarray]) -> Callable[[xr.Datas
     def keep(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.drop_vars([v for v in _RESTART_VARIABLES if v in ds.variables])
         if ds.sizes.get("time", 0):
-            ds = ds.isel(time=masks[ds.encoding["source"]])
+            mask = masks[ds.encoding["source"]]  # records a live writer added since are not in it
+            ds = ds.isel(time=slice(0, mask.size)).isel(time=mask)
         return ds.expand_dims("run")
 
     return keep

@@ -146,13 +146,13 @@ def _finished_run(tmp_path, small_case_text, name="run.nc"):
     (lambda ds: ds["restart_cycle"].__setitem__(slice(None), [7, 3]), "restart slot"),
     (lambda ds: ds["cycle_complete"].__setitem__(slice(8, 12), 0), "truncated"),
 ])
-def test_score_plot_and_resume_refuse_an_inconsistent_file(tmp_path, small_case_text, capsys, damage, expected):
+def test_score_plot_compare_and_resume_refuse_an_inconsistent_file(tmp_path, small_case_text, capsys, damage, expected):
     out = _finished_run(tmp_path, small_case_text)
     with netCDF4.Dataset(out, "a") as ds:
         damage(ds)
     before = out.read_bytes()
     for command in (["score", str(out), "--json"], ["plot", str(out), "--outdir", str(tmp_path / "png")],
-                    ["run", "--resume", "--out", str(out), "--quiet"]):
+                    ["compare", str(out), "--json"], ["run", "--resume", "--out", str(out), "--quiet"]):
         assert main(command) == 2, command
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and str(out) in err and expected in err and "Traceback" not in err
