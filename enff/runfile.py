@@ -39,20 +39,41 @@ from enff.tracking import NO_SKILL, OVERCONFIDENT, truth_scale
 __all__ = ["CycleRecord", "ResumePoint", "RunFile", "RunFileError", "RunFileLocked", "RunFileWriteError",
            "RunState", "check_run", "open_run", "SCALARS"]
 
-#: Per-cycle scalar variables: name -> (long_name, units).
-SCALARS: dict[str, tuple[str, str]] = {
-    "rmse_forecast": ("RMSE of the forecast ensemble mean", "state units"),
-    "rmse_analysis": ("RMSE of the analysis ensemble mean", "state units"),
-    "spread_forecast": ("forecast ensemble spread", "state units"),
-    "spread_analysis": ("analysis ensemble spread", "state units"),
-    "crps_forecast": ("fair ensemble CRPS of the forecast, mean over state", "state units"),
-    "crps_analysis": ("fair ensemble CRPS of the analysis, mean over state", "state units"),
-    "energy_score_analysis": ("fair energy score of the analysis over the whole state", "state units"),
+#: Per-cycle scalar variables: name -> (long_name, units); units ``None``: the state's units.
+SCALARS: dict[str, tuple[str, str | None]] = {
+    "rmse_forecast": ("RMSE of the forecast ensemble mean", None),
+    "rmse_analysis": ("RMSE of the analysis ensemble mean", None),
+    "spread_forecast": ("forecast ensemble spread", None),
+    "spread_analysis": ("analysis ensemble spread", None),
+    "crps_forecast": ("fair ensemble CRPS of the forecast, mean over state", None),
+    "crps_analysis": ("fair ensemble CRPS of the analysis, mean over state", None),
+    "energy_score_analysis": ("fair energy score of the analysis over the whole state", None),
     "analysis_seconds": ("wall-clock seconds of the analysis step", "s"),
 }
+#: CF ``axis`` of the state dimensions that are spatial axes of the model grid.
+GRID_AXES = {"x": "X", "y": "Y"}
 _EMPTY_SLOT = -2
 #: Bytes reserved beyond one record before it is written: netCDF's buffered writes may round up.
 _RESERVE_SLACK = 1 << 16
+
+
+def _define_state_coordinate(ds: netCDF4.Dataset, dim: str, values: np.ndarray) -> None:
+    """The dimension ``dim`` and its coordinate in ``ds``: text labels (``values`` of strings, e.g. the
+    fields of a multi-field state) as a character array ``(dim, <dim>_strlen)`` that xarray reads as strings,
+    else grid positions in dimensionless model length units with the CF ``axis`` of :data:`GRID_AXES`."""
+    ds.createDimension(dim, len(values))
+    if values.dtype.kind in "US":
+        width = max(1, max(len(str(v)) for v in values))
+        ds.createDimension(f"{dim}_strlen", width)
+        var = ds.createVariable(dim, "S1", (dim, f"{dim}_strlen"))
+        var[:] = netCDF4.stringtochar(values.astype(f"S{width}"))
+        var.long_name, var._Encoding = f"name of the {dim}", "utf-8"
+        return
+    var = ds.createVariable(dim, "f8", (dim,))
+    var[:] = values
+    var.long_name, var.units = f"grid coordinate {dim} (model length units)", "1"
+    if dim in GRID_AXES:
+        var.axis = GRID_AXES[dim]
 
 
 class RunFileError(ValueError):
@@ -254,30 +275,27 @@ class RunFile:
         ds.createDimension("rank", n_members + 1)
         ds.createDimension("slot", 2)
         for dim in state_dims:
-            ds.createDimension(dim, len(coords[dim]))
-            var = ds.createVariable(dim, "f8", (dim,))
-            var[:] = coords[dim]
-            var.long_name = f"grid coordinate {dim}"
+            _define_state_coordinate(ds, dim, np.asarray(coords[dim]))
         time = ds.createVariable("time", "f8", ("time",))
-        time.long_name = "model time since the end of the spin-up"
-        time.units = "model time units"
+        time.long_name = "model time since the end of the spin-up (dimensionless model time units)"
+        time.units = "1"
         member = ds.createVariable("member", "i4", ("member",))
         member[:] = np.arange(n_members)
         member.standard_name = "realization"
-        member.long_name = "ensemble member"
+        member.long_name, member.units = "ensemble member", "1"
         obs = ds.createVariable("obs", "i4", ("obs",))
         obs[:] = np.arange(len(obs_index))
-        obs.long_name = "observation number"
+        obs.long_name, obs.units = "observation number", "1"
         oi = ds.createVariable("obs_index", "i4", ("obs",))
         oi[:] = obs_index
-        oi.long_name = "flat index of the state element each observation is located at"
+        oi.long_name, oi.units = "flat index of the state element each observation is located at", "1"
         for axis, dim in enumerate(state_dims):
             loc = ds.createVariable(f"obs_{dim}", "f8", ("obs",))
             loc[:] = obs_locations[:, axis]
-            loc.long_name = f"observation location along {dim}"
+            loc.long_name, loc.units = f"observation location along {dim} (model length units)", "1"
         rank = ds.createVariable("rank", "i4", ("rank",))
         rank[:] = np.arange(n_members + 1)
-        rank.long_name = "number of members below the truth"
+        rank.long_name, rank.units = "number of members below the truth", "1"
 
         code = "f8" if dtype == np.float64 else "f4"
         fill = {"fill_value": np.nan}
@@ -305,7 +323,7 @@ class RunFile:
             if name.startswith(("rmse", "crps", "energy")) and not has_truth:
                 continue
             var = ds.createVariable(name, "f8", ("time",), **fill)
-            var.long_name, var.units = long_name, units
+            var.long_name, var.units = long_name, units or state_attrs.get("units", "1")
         for name in diagnostic_names:
             var = ds.createVariable(f"diag_{name}", "f8", ("time",), **fill)
             var.long_name = f"filter diagnostic {name}"

@@ -209,6 +209,6 @@ class Model(ABC):
         da = xr.DataArray(data, dims=("time", *self.state_dims), coords=coords,
                           attrs={"units": self.units, "long_name": self.long_name})
         ds = xr.Dataset({self.variable_name: da})
-        ds["time"].attrs.update(units="model time units", long_name="time since end of spin-up")
+        ds["time"].attrs.update(units="1", long_name="time since end of spin-up (dimensionless model time units)")
         ds.attrs.update(model=type(self).__name__, parameters=repr(self.params), dt=self.dt, every=every, spinup=int(spinup))
         return ds

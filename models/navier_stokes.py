@@ -179,8 +179,8 @@ class NavierStokes2D(Model):
 
     state_dims = ("y", "x")
     variable_name = "vorticity"
-    units = "1/time"
-    long_name = "relative vorticity"
+    units = "1"  # dimensionless model units: 1 / time
+    long_name = "relative vorticity (dimensionless model units, 1 / time)"
 
     def __init__(
         self,

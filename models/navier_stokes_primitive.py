@@ -48,8 +48,8 @@ class NavierStokes2DPrimitive(Model):
 
     state_dims = ("field", "y", "x")
     variable_name = "flow"
-    units = "pressure: length^2/time^2; u, v: length/time"
-    long_name = "pressure (field 0) and velocity components u, v (fields 1, 2)"
+    units = "1"  # dimensionless model units: pressure in length^2/time^2 (density 1), u, v in length/time
+    long_name = "pressure and velocity components u, v (field pressure, u, v; dimensionless model units)"
 
     def __init__(
         self,
@@ -77,8 +77,8 @@ class NavierStokes2DPrimitive(Model):
         return Grid(axes=(np.zeros(len(FIELDS)), *flat.axes), lengths=(None, *flat.lengths))
 
     def coords(self) -> dict[str, np.ndarray]:
-        """Field index 0, 1, 2 (pressure, u, v) and the grid positions."""
-        return {"field": np.arange(len(FIELDS)), "y": self.grid.axes[1], "x": self.grid.axes[2]}
+        """The field names :data:`FIELDS` (pressure, u, v) and the grid positions."""
+        return {"field": np.array(FIELDS), "y": self.grid.axes[1], "x": self.grid.axes[2]}
 
     def _build_operators(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         p = self.params
