@@ -8,7 +8,7 @@ marked (each filter gets the same number of grid points and the same seeds).
 
 Usage::
 
-    python benchmarks/localized_filters.py [--workers 2] [--burn-in 100] [SPEC ...]
+    python benchmarks/localized_filters.py [--workers 2] [--burn-in 100] [--compare-only] [SPEC ...]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from enff.compare import compare, format_comparison, records  # noqa: E402
-from enff.sweepspec import load_spec, plan  # noqa: E402
+from enff.sweepspec import load_spec  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent / "specs"
 DEFAULT_SPECS = ("localized_ks512.toml", "localized_ks512_reference.toml")
@@ -36,13 +36,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--burn-in", type=int, default=100)
     parser.add_argument("--name", default="localized_filters")
+    parser.add_argument("--compare-only", action="store_true", help="score the run files already in the out folders")
     args = parser.parse_args()
-    paths: list[Path] = []
-    for spec in args.specs:
+    for spec in args.specs if not args.compare_only else ():
         subprocess.run([str(Path(sys.executable).parent / "enff"), "sweep", str(spec), "--workers", str(args.workers),
                         "--quiet"], env=ENV, check=False)
-        paths += [run.path for run in plan(load_spec(spec)) if run.path.exists()]
-    table = compare(paths, burn_in=args.burn_in)
+    table = compare([load_spec(spec).out_dir for spec in args.specs], burn_in=args.burn_in)
     rows = records(table)
     text = format_comparison(table)
     print(text)

@@ -66,12 +66,15 @@ def format_value(value: Any) -> str:
 def read_run_info(path: str | Path) -> RunInfo:
     """Configuration, cycle count and status of the run file ``path``.
 
-    Raises :class:`~enff.runfile.RunFileError` naming the file if it is not a consistent run file.
+    Raises :class:`~enff.runfile.RunFileError` naming the file if it is not a consistent run file (checked
+    only when no run is writing it: a live file is between records at any moment).
     """
     from enff.runfile import check_run
+    from enff.safefile import writer_of
 
     path = Path(path)
-    check_run(path)
+    if writer_of(path) is None:
+        check_run(path)
     with netCDF4.Dataset(str(path), "r") as ds:
         attrs = {k: ds.getncattr(k) for k in ds.ncattrs()}
         done = np.asarray(ds["cycle_complete"][:]) if ds.dimensions["time"].size else np.zeros(0)

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["LockHeld", "WriterLock", "publish", "remove_stale_temporaries", "temporary_name"]
+__all__ = ["LockHeld", "WriterLock", "publish", "remove_stale_temporaries", "temporary_name", "writer_of"]
 
 _FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: allocate blocks without changing the file size
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -103,6 +103,18 @@ class WriterLock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def writer_of(path: Path) -> int | None:
+    """pid of the process writing (holding the lock on) the file at ``path``, or ``None`` (Linux ``/proc/locks``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return _flock_holder(fd)
+    finally:
+        os.close(fd)
 
 
 def _flock_holder(fd: int) -> int | None:
