@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--max-d", type=int, default=max(RING_SIZES))
     parser.add_argument("--suite", choices=("classical", "localized"), default="classical")
     parser.add_argument("--min-repeats", type=int, default=3, help="timed calls after the first one (at least)")
+    parser.add_argument("--min-d", type=int, default=0, help="leave out smaller states")
+    parser.add_argument("--only", nargs="+", metavar="FILTER", help="time only these filters")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON of a single case
     parser.add_argument("--out", type=Path, default=RESULTS / "classical_speed.json")
     args = parser.parse_args()
@@ -141,7 +143,9 @@ def main() -> None:
         return
     baseline = [sys.executable, "-c", "import resource, enff.filters; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"]
     rows = []
-    for case in (cases if args.suite == "classical" else localized_cases)(args.max_d):
+    selected = [case for case in (cases if args.suite == "classical" else localized_cases)(args.max_d)
+                if case["d"] >= args.min_d and (not args.only or case["filter"] in args.only)]
+    for case in selected:
         command = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,
                    "--dtype", args.dtype, "--min-repeats", str(args.min_repeats), "--one", json.dumps(case)]
         result = subprocess.run(command, capture_output=True, text=True)
