@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 import torch
 
 from enff.observations.space import ObservationSpace
+from enff.registry import Registry
 
 __all__ = ["Filter", "FILTERS", "register", "get_filter", "filter_names"]
 
@@ -70,19 +71,17 @@ class Filter(ABC):
 F = TypeVar("F", bound=type[Filter])
 
 #: Registry name -> filter class.
-FILTERS: dict[str, type[Filter]] = {}
+FILTERS: Registry[type[Filter]] = Registry("filter")
 
 
 def register(name: str) -> Callable[[F], F]:
     """Class decorator that adds a filter class to :data:`FILTERS` under ``name``."""
 
     def decorate(cls: F) -> F:
-        if name in FILTERS:
-            raise ValueError(f"filter name {name!r} is registered twice")
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"filter {cls.__name__} must be a (frozen) dataclass of its hyper-parameters")
+        FILTERS.register(name)(cls)
         cls.name = name
-        FILTERS[name] = cls
         return cls
 
     return decorate
@@ -90,22 +89,13 @@ def register(name: str) -> Callable[[F], F]:
 
 def filter_names() -> list[str]:
     """Sorted names of all registered filters."""
-    return sorted(FILTERS)
+    return FILTERS.names()
 
 
 def get_filter(name: str, **hyper: Any) -> Filter:
     """Instantiate the filter registered as ``name`` with hyper-parameters ``hyper``.
 
-    Raises ``ValueError`` naming the unknown filter or the unknown hyper-parameter.
+    Raises ``ValueError`` (:class:`~enff.registry.RegistryError`) naming the unknown filter or the
+    unknown hyper-parameter and listing the known ones.
     """
-    if name not in FILTERS:
-        raise ValueError(f"unknown filter {name!r}; choose one of {', '.join(filter_names())}")
-    cls = FILTERS[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(hyper) - fields)
-    if unknown:
-        raise ValueError(
-            f"unknown hyper-parameter(s) {', '.join(unknown)} for filter {name!r}; "
-            f"it takes {', '.join(sorted(fields)) or 'none'}"
-        )
-    return cls(**hyper)
+    return FILTERS.build(name, **hyper)
