@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     learn = sub.add_parser("learn", help="train a learned analysis (filter 'learned') from twin-experiment run files")
     learn.add_argument("files", type=Path, nargs="+", help="run files with truth (any filter's runs)")
     learn.add_argument("--out", type=Path, required=True, help="posterior file to write")
-    learn.add_argument("--burn-in", type=int, default=0, help="cycles left out at the start of each file")
+    learn.add_argument("--burn-in", type=int, default=None,
+                       help="cycles left out at the start of each file (default: the first tenth, cycles // 10)")
     learn.add_argument("--max-epochs", type=int, default=500, help="upper bound on training epochs")
     learn.add_argument("--seed", type=int, default=0, help="seed of the weights, split and batches")
     add_progress_arguments(learn)

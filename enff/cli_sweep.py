@@ -32,7 +32,9 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
 
     compare = sub.add_parser("compare", help="scores of many runs by configuration: mean and SE over seeds")
     compare.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="run files or folders of run files")
-    compare.add_argument("--burn-in", type=int, default=0, help="cycles to discard at the start of each run")
+    compare.add_argument("--burn-in", type=int, default=None,
+                         help="cycles to discard at the start of each run (default: the first tenth of each, "
+                              "cycles // 10, as enff score)")
     compare.add_argument("--json", action="store_true", help="print a JSON list, one object per configuration")
     compare.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
     compare.add_argument("--netcdf", type=Path, metavar="FILE", help="also write the comparison Dataset as netCDF")

@@ -26,6 +26,8 @@ SCORES = ("rmse", "spread", "crps", "spread_rmse_ratio", "analysis_seconds")
 #: Per-cycle series kept for the figures: (configuration, seed, time).
 SERIES = ("rmse_analysis", "spread_analysis")
 _COUNTS = ("diverged", "failed", "incomplete")
+#: The ``burn_in`` attribute of a comparison made with the default burn-in.
+DEFAULT_BURN_IN_NOTE = "cycles // 10 of each run (enff.summary.default_burn_in)"
 
 
 def find_run_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -44,8 +46,9 @@ def find_run_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _run_scores(runs: xr.Dataset, burn_in: int) -> np.ndarray:
-    """``enff score`` of every complete run, ``(run, score)``; NaN for runs that are not complete."""
+def _run_scores(runs: xr.Dataset, burn_in: int | None) -> np.ndarray:
+    """``enff score`` of every complete run, ``(run, score)``; NaN for runs that are not complete.
+    ``burn_in=None``: each run's :func:`enff.summary.default_burn_in`."""
     names = [v for v in runs.data_vars if runs[v].dims == ("run", "time") and not str(v).startswith("diag_")]
     table = runs[names].load()  # the per-cycle scores only (filter diagnostics are not compared)
     values = np.full((runs.sizes["run"], len(SCORES)), np.nan)
@@ -73,7 +76,7 @@ def _mean_and_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, se
 
 
-def compare(paths: Iterable[str | Path], burn_in: int = 0) -> xr.Dataset:
+def compare(paths: Iterable[str | Path], burn_in: int | None = None) -> xr.Dataset:
     """Group the runs in ``paths`` (files or folders) by configuration and average their scores over seeds.
 
     Parameters
@@ -81,7 +84,9 @@ def compare(paths: Iterable[str | Path], burn_in: int = 0) -> xr.Dataset:
     paths:
         Run files, or folders whose ``*.nc`` files are runs.
     burn_in:
-        Cycles left out at the start of every run, as ``enff score --burn-in``.
+        Cycles left out at the start of every run, as ``enff score --burn-in``; ``None`` (the default)
+        leaves out each run's :func:`enff.summary.default_burn_in` (the first tenth of its complete cycles),
+        as ``enff score`` does.
 
     Returns
     -------
@@ -97,7 +102,7 @@ def compare(paths: Iterable[str | Path], burn_in: int = 0) -> xr.Dataset:
         Per run: ``status`` and ``path`` (empty text where a configuration lacks a seed) and the
         series ``rmse_analysis`` / ``spread_analysis`` ``(configuration, seed, time)``.
     """
-    if burn_in < 0:
+    if burn_in is not None and burn_in < 0:
         raise ValueError(f"burn_in must be >= 0, got {burn_in}")
     runs = open_runs(find_run_files(paths))
     scores = _run_scores(runs, burn_in)
@@ -149,7 +154,7 @@ def compare(paths: Iterable[str | Path], burn_in: int = 0) -> xr.Dataset:
     order = sorted(range(len(configs)), key=lambda i: (configs[i][0], configs[i][1],
                                                        _sort_value(float(ds["rmse_mean"].values[i]))))
     ds = ds.isel(configuration=order)
-    ds.attrs = {"title": "enff comparison of runs", "burn_in": burn_in,
+    ds.attrs = {"title": "enff comparison of runs", "burn_in": DEFAULT_BURN_IN_NOTE if burn_in is None else burn_in,
                 "scores": "means over seeds of each complete run's `enff score` values"}
     return ds
 

@@ -131,6 +131,7 @@ def test_training_set_from_run_files_and_a_cycling_run(tmp_path, capsys):
         run_case(parse_case(L63_CASE, overrides=[f"run.seed={seed}"]), runs[-1], progress=False)
     theta, context = analysis_training_set(runs, burn_in=50)
     assert theta.shape == (1900, 3) and context.shape == (1900, 3 + 2 * 3)
+    assert analysis_training_set(runs)[0].shape == (2 * (1000 - 1000 // 10), 3)  # default: enff score's burn-in
     assert torch.equal(theta[0], torch.as_tensor(xr.open_dataset(runs[0])["truth"][50].values, dtype=torch.float32))
     assert main(["learn", *map(str, runs), "--burn-in", "50", "--max-epochs", "60", "--progress",
                  "--out", str(tmp_path / "l63.pt")]) == 0

@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 from enff.cli import main
-from enff.compare import compare, records
+from enff.compare import DEFAULT_BURN_IN_NOTE, compare, records
 from enff.cycle import run_case
 from enff.runfile import open_run, open_runs
 from enff.runset import read_run_info
@@ -85,6 +85,19 @@ def test_plan_expands_product_and_zipped_lists(tmp_path):
     assert words[:5] == ["enff", "run", "l96_40", "--filter", "etkf"] and words[-1] == "--overwrite"
 
 
+def test_zipped_lists_may_repeat_a_value_of_one_key(tmp_path):
+    # the published table's rows share sigma_min across step counts: one zipped point per row
+    spec = load_spec(write_spec(tmp_path, BASE + textwrap.dedent(
+        """
+        [zip.letkf]
+        "filter.radius" = [5.0, 5.0, 8.0]
+        "filter.inflation" = [1.0, 1.02, 1.02]
+        """)))
+    points = spec.points("letkf")
+    assert points == [(("filter.inflation", 1.0), ("filter.radius", 5.0)), (("filter.inflation", 1.02), ("filter.radius", 5.0)),
+                      (("filter.inflation", 1.02), ("filter.radius", 8.0))]
+
+
 def test_run_names_are_stable_and_filesystem_safe():
     name = run_name("ks1024_atan", "enff-ot", (("filter.guidance", "mc"), ("filter.scale", 0.5)), 3)
     assert name == "ks1024_atan__enff-ot__filter.guidance=mc__filter.scale=0.5__seed3"
@@ -112,6 +125,13 @@ def test_sweep_on_local_cluster_skips_finished_runs_and_compare_equals_score(tmp
             score = summarize(ds["path"].values[i, j], burn_in=5)
             assert ds["rmse"].values[i, j] == score["rmse"]
             assert ds["crps"].values[i, j] == score["crps"]
+    # no --burn-in: each run's default_burn_in (cycles // 10 = 2 of 20), as `enff score` without one
+    default = compare([tmp_path / "runs"])
+    assert default.attrs["burn_in"] == DEFAULT_BURN_IN_NOTE
+    for i in range(4):
+        for j in range(2):
+            assert default["rmse"].values[i, j] == summarize(default["path"].values[i, j])["rmse"]
+            assert default["rmse"].values[i, j] != summarize(default["path"].values[i, j], burn_in=0)["rmse"]
     assert main(["compare", str(tmp_path / "runs"), "--burn-in", "5", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 4 and {r["filter"] for r in rows} == {"etkf", "letkf"}
@@ -320,6 +340,8 @@ BAD_SPECS = {
     "grid value not a list": (BASE + '[grid.letkf]\n"filter.radius" = 5.0\n', "must be a list of values"),
     "empty grid list": (BASE + '[grid.letkf]\n"filter.radius" = []\n', "must be a non-empty list"),
     "repeated grid value": (BASE + '[grid.letkf]\n"filter.radius" = [5.0, 5.0]\n', "lists a value twice"),
+    "repeated zipped point": (BASE + '[zip.letkf]\n"filter.radius" = [5.0, 6.0, 5.0]\n"filter.inflation" = [1.0, 1.0, 1.0]\n',
+                              "[zip.letkf] lists point 1 twice (again as point 3): filter.radius=5.0, filter.inflation=1.0"),
     "zip lengths differ": (BASE + '[zip.letkf]\n"filter.radius" = [5.0, 6.0]\n"filter.inflation" = [1.0]\n',
                            "must have one length"),
     "key in grid and zip": (BASE + '[grid.letkf]\n"filter.radius" = [5.0]\n[zip.letkf]\n"filter.radius" = [6.0]\n',

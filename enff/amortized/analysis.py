@@ -52,7 +52,7 @@ def analysis_context(y: torch.Tensor, forecast_mean: torch.Tensor, forecast_spre
     return torch.cat([y, forecast_mean.reshape(*lead, -1), forecast_spread.reshape(*lead, -1)], dim=-1)
 
 
-def analysis_training_set(paths: Sequence[str | Path], burn_in: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def analysis_training_set(paths: Sequence[str | Path], burn_in: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs ``(truth, context)`` from twin-experiment run files, one per complete cycle.
 
     Parameters
@@ -61,7 +61,8 @@ def analysis_training_set(paths: Sequence[str | Path], burn_in: int = 0) -> tupl
         Run files written by ``enff run`` with synthetic observations (they hold the truth). All must
         have the same state and observation sizes.
     burn_in:
-        Cycles left out at the start of each file (the filter's transient).
+        Cycles left out at the start of each file (the filter's transient); ``None`` (the default): each
+        file's :func:`enff.summary.default_burn_in`, the first tenth of its complete cycles, as ``enff score``.
 
     Returns
     -------
@@ -70,6 +71,7 @@ def analysis_training_set(paths: Sequence[str | Path], burn_in: int = 0) -> tupl
     :meth:`FMPE.fit` drops with a count.
     """
     from enff.runfile import open_run
+    from enff.summary import resolve_burn_in
 
     if not paths:
         raise ValueError("analysis_training_set needs at least one run file")
@@ -83,10 +85,11 @@ def analysis_training_set(paths: Sequence[str | Path], burn_in: int = 0) -> tupl
         with run as ds:
             if "truth" not in ds:
                 raise ValueError(f"{path}: no truth in this run file; learned analyses train on twin experiments")
-            ds = ds.isel(time=slice(burn_in, None))
+            skip = resolve_burn_in(burn_in, ds.sizes["time"])
+            ds = ds.isel(time=slice(skip, None))
             n = ds.sizes["time"]
             if n == 0:
-                raise ValueError(f"{path}: no complete cycles after a burn-in of {burn_in}")
+                raise ValueError(f"{path}: no complete cycles after a burn-in of {skip}")
 
             def rows(name: str) -> torch.Tensor:
                 return torch.as_tensor(np.asarray(ds[name].values, dtype=np.float32).reshape(n, -1))
