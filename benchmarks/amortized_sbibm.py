@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from enff.amortized import FMPE, NetworkConfig, SolverConfig, TrainingConfig, c2st
-from enff.amortized.ode import integrate
 from enff.amortized.tasks import SBIBM_TASKS, load_reference, sbibm_task
 
 RESULTS = Path(__file__).parent / "results"
@@ -116,9 +115,9 @@ def solver_study(post, refs, n_samples):
             with torch.no_grad():
                 e = post.flow.embed(post.x_scaler.forward(ref.observation)).expand(n_samples, -1)
                 start = time.perf_counter()
-                res = integrate(post._field(e), z0, 0.0, 1.0, solver)
+                res = solver.solve(post._field(e), z0, 0.0, 1.0)
                 seconds += time.perf_counter() - start
-                exact = integrate(post._field(e), z0, 0.0, 1.0, tight).state
+                exact = tight.solve(post._field(e), z0, 0.0, 1.0).state
             evals += res.n_evals
             theta = post.theta_scaler.inverse(res.state)
             errs.append(float((theta - post.theta_scaler.inverse(exact)).norm(dim=1).mean()))

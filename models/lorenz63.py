@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._rk4 import rk4_integrate
+from enff.integrate import rk4_steps, tendency_field
+
 from .base import Grid, Model, check_positive, check_positive_int
 
 __all__ = ["L63_MAX_DT_TIMES_RATE", "Lorenz63", "Lorenz63Params"]
@@ -99,7 +100,7 @@ class Lorenz63(Model):
         """
         self.check_state(x)
         n_steps = check_positive_int("n_steps", n_steps)
-        return rk4_integrate(self._tendency, x, self.params.dt, n_steps)
+        return rk4_steps(tendency_field(self._tendency, x), x, self.params.dt, n_steps)
 
     def _tendency(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """Write the Lorenz-63 tendency of ``x`` (``(member, 3)``) into ``out``."""

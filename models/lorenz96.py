@@ -2,7 +2,7 @@
 
 Integrated with classical RK4: on CPU by default with a fused numba kernel
 (:mod:`enff.models._l96_numba`), on other devices (or on request) with the torch path and its
-preallocated buffers (:mod:`enff.models._rk4`).
+preallocated buffers (:func:`enff.integrate.rk4_steps`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from enff.integrate import Tendency, rk4_steps, tendency_field
+
 from ._l96_numba import l96_rk4_parallel, l96_rk4_serial
-from ._rk4 import Tendency, rk4_integrate
 from .base import Grid, Model, check_positive, check_positive_int
 
-__all__ = ["L96_MAX_DT_TIMES_FORCING", "Lorenz96", "Lorenz96Params"]
+__all__ = ["L96_MAX_DT_TIMES_FORCING", "Lorenz96", "Lorenz96Params", "lorenz96_tendency"]
 
 #: Largest accepted ``dt * max(|F|, 1)``. Measured here with RK4 from 100 states on the attractor
 #: (40 variables, 30 time units) for F = 4, 8, 16 and 32: at dt * F = 1.3 every trajectory stayed
@@ -128,7 +129,8 @@ class Lorenz96(Model):
         n_steps = check_positive_int("n_steps", n_steps)
         backend = self._resolve_backend(x.device)
         if backend == "torch":
-            return rk4_integrate(self._tendency_for(x.device), x, self.params.dt, n_steps)
+            tendency = lorenz96_tendency(self.params.dim, self.params.forcing, device=x.device)
+            return rk4_steps(tendency_field(tendency, x), x, self.params.dt, n_steps)
         kernel = l96_rk4_parallel if backend == "numba" else l96_rk4_serial
         src = x.detach().contiguous()
         out = torch.empty_like(src)
@@ -144,18 +146,31 @@ class Lorenz96(Model):
             raise ValueError(f"backend={self.backend!r} needs CPU tensors, got a state on {device}")
         return self.backend
 
-    def _tendency_for(self, device: torch.device) -> Tendency:
-        """In-place Lorenz-96 tendency for ``(member, dim)`` tensors on ``device``."""
-        n = self.params.dim
-        forcing = self.params.forcing
-        edge = torch.tensor([0, 1, n - 1], device=device)
-        plus1, minus1, minus2 = (edge + 1) % n, (edge - 1) % n, (edge - 2) % n
 
-        def tendency(x: torch.Tensor, out: torch.Tensor) -> None:
-            interior = out[:, 2:-1]
-            torch.sub(x[:, 3:], x[:, :-3], out=interior)
-            interior.mul_(x[:, 1:-2])
-            out[:, edge] = (x[:, plus1] - x[:, minus2]) * x[:, minus1]
-            out.sub_(x).add_(forcing)
+def lorenz96_tendency(
+    dim: int, forcing: float | torch.Tensor, damping: torch.Tensor | None = None, *, device: torch.device | str
+) -> Tendency:
+    """In-place Lorenz-96 tendency ``dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - c x_i + F`` for ``(member, dim)`` states.
 
-        return tendency
+    Parameters
+    ----------
+    dim:
+        Number of variables on the ring (>= 4).
+    forcing:
+        ``F``: a number, or a tensor broadcasting against ``(member, dim)`` (per member or per site).
+    damping:
+        ``c``, a tensor broadcasting against ``(member, dim)``; ``None`` for the model's ``c = 1``.
+    device:
+        Device of the states.
+    """
+    edge = torch.tensor([0, 1, dim - 1], device=device)
+    plus1, minus1, minus2 = (edge + 1) % dim, (edge - 1) % dim, (edge - 2) % dim
+
+    def tendency(x: torch.Tensor, out: torch.Tensor) -> None:
+        interior = out[:, 2:-1]
+        torch.sub(x[:, 3:], x[:, :-3], out=interior)
+        interior.mul_(x[:, 1:-2])
+        out[:, edge] = (x[:, plus1] - x[:, minus2]) * x[:, minus1]
+        out.sub_(x if damping is None else damping * x).add_(forcing)
+
+    return tendency

@@ -1,4 +1,4 @@
-"""ODE solvers, divergence and flow log-density of enff.amortized against analytic answers."""
+"""ODE solvers (enff.integrate), divergence and flow log-density of enff.amortized against analytic answers."""
 
 import math
 
@@ -7,12 +7,12 @@ import torch
 
 from enff.amortized.divergence import divergence_exact, divergence_hutchinson, flow_log_prob
 from enff.amortized.flow_matching import coupling_path, ot_path, sample_time
-from enff.amortized.ode import SolverConfig, dopri5, integrate, rk4
+from enff.integrate import RK4, Dopri5, SolverConfig
 
 A = torch.tensor([[-0.3, 1.0], [-1.0, -0.3]], dtype=torch.float64)
 
 
-def linear(t, z):
+def linear(z, t):
     return z @ A.T
 
 
@@ -26,22 +26,22 @@ def z0():
 
 
 def test_rk4_is_fourth_order(z0):
-    errors = [float((rk4(linear, z0, 0.0, 2.0, n).state - exact_linear(z0, 2.0)).abs().max()) for n in (10, 20)]
+    errors = [float((RK4(n).solve(linear, z0, 0.0, 2.0).state - exact_linear(z0, 2.0)).abs().max()) for n in (10, 20)]
     assert 12 < errors[0] / errors[1] < 20
-    assert rk4(linear, z0, 0.0, 2.0, 10).n_evals == 40
+    assert RK4(10).solve(linear, z0, 0.0, 2.0).n_evals == 40
 
 
 @pytest.mark.parametrize("tol", [1e-4, 1e-8])
 def test_dopri5_meets_tolerance_forwards_and_backwards(z0, tol):
-    forward = dopri5(linear, z0, 0.0, 2.0, rtol=tol, atol=tol)
+    forward = Dopri5(rtol=tol, atol=tol).solve(linear, z0, 0.0, 2.0)
     assert float((forward.state - exact_linear(z0, 2.0)).abs().max()) < 50 * tol
-    back = integrate(linear, forward.state, 2.0, 0.0, SolverConfig(method="dopri5", rtol=tol, atol=tol))
+    back = SolverConfig(method="dopri5", rtol=tol, atol=tol).solve(linear, forward.state, 2.0, 0.0)
     assert float((back.state - z0).abs().max()) < 100 * tol
 
 
 def test_dopri5_spends_fewer_evaluations_at_loose_tolerance(z0):
-    loose = dopri5(linear, z0, 0.0, 2.0, rtol=1e-3, atol=1e-3).n_evals
-    tight = dopri5(linear, z0, 0.0, 2.0, rtol=1e-9, atol=1e-9).n_evals
+    loose = Dopri5(rtol=1e-3, atol=1e-3).solve(linear, z0, 0.0, 2.0).n_evals
+    tight = Dopri5(rtol=1e-9, atol=1e-9).solve(linear, z0, 0.0, 2.0).n_evals
     assert loose < tight
 
 
@@ -66,7 +66,7 @@ def test_divergence_exact_and_hutchinson_match_trace(z0):
 def gaussian_ot_field(mean, scale):
     """Exact marginal velocity of the OT path (sigma_min = 0) from N(0, I) to N(mean, scale^2 I)."""
 
-    def field(t, z):
+    def field(z, t):
         var = (1 - t) ** 2 + (t * scale) ** 2
         return mean + (z - t * mean) * (-(1 - t) + t * scale**2) / var
 

@@ -9,7 +9,7 @@ import torch
 from enff.filters import get_filter
 from enff.filters.ensemble_flow import EnFFF2P, EnFFOT, flow_analysis
 from enff.filters.guidance import LocalGuidance, MonteCarloGuidance, NoGuidance, likelihood_gradient
-from enff.filters.ode import euler_maruyama, integrate
+from enff.integrate import euler_maruyama, integrate
 from enff.filters.paths import OTPath
 from enff.models.base import Grid
 from enff.observations.operators import ATan, Identity, Indices

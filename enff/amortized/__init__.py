@@ -11,7 +11,7 @@ from .calibration import expected_coverage, sbc_ranks
 from .fmcpe import FMCPE, FMCPEPosterior
 from .fmpe import FMPE, FMPEPosterior
 from .networks import EmbeddingConfig, NetworkConfig
-from .ode import SolverConfig
+from ..integrate import SolverConfig
 from .posterior import Posterior, load_posterior
 from .training import TrainingConfig
 

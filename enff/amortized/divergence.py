@@ -1,6 +1,6 @@
 """Log-density of a continuous flow by integrating the divergence of its vector field.
 
-For ``dz/dt = v(t, z)`` the log-density along a trajectory obeys ``d log p_t(z_t)/dt = -div v``, so
+For ``dz/dt = v(z, t)`` the log-density along a trajectory obeys ``d log p_t(z_t)/dt = -div v``, so
 
     log p_1(z_1) = log p_0(z_0) - integral_0^1 div v(t, z_t) dt,
 
@@ -17,12 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-from .ode import SolverConfig, integrate
+from ..integrate import Field, SolverConfig
 
 __all__ = ["divergence_exact", "divergence_hutchinson", "flow_log_prob", "standard_normal_log_prob"]
-
-VectorField = Callable[[float, torch.Tensor], torch.Tensor]
-
 
 def divergence_exact(v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Exact trace of ``dv/dz`` per sample.
@@ -60,7 +57,7 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 
 def flow_log_prob(
-    field: VectorField,
+    field: Field,
     z1: torch.Tensor,
     solver: SolverConfig,
     *,
@@ -73,7 +70,7 @@ def flow_log_prob(
     Parameters
     ----------
     field:
-        Vector field ``field(t, z) -> (batch, dim)``; must be differentiable in ``z``.
+        Vector field ``field(z, t) -> (batch, dim)``; must be differentiable in ``z``.
     z1:
         Points at ``t = 1``, shape ``(batch, dim)``.
     solver:
@@ -97,14 +94,14 @@ def flow_log_prob(
             raise ValueError("flow_log_prob with hutchinson=True needs a generator for the probes")
         probe = torch.randint(0, 2, z1.shape, generator=generator, device=z1.device).to(z1.dtype) * 2 - 1
 
-    def augmented(t: float, state: torch.Tensor) -> torch.Tensor:
+    def augmented(state: torch.Tensor, t: float) -> torch.Tensor:
         with torch.enable_grad():
             z = state[:, :dim].detach().requires_grad_(True)
-            v = field(t, z)
+            v = field(z, t)
             div = divergence_exact(v, z) if probe is None else divergence_hutchinson(v, z, probe)
         return torch.cat([v.detach(), div.detach()[:, None]], dim=1)
 
     start = torch.cat([z1, torch.zeros_like(z1[:, :1])], dim=1)
-    end = integrate(augmented, start, 1.0, 0.0, solver).state
+    end = solver.solve(augmented, start, 1.0, 0.0).state
     z0, log_jac = end[:, :dim], end[:, dim]
     return base_log_prob(z0) + log_jac, z0

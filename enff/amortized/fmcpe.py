@@ -59,7 +59,7 @@ from .divergence import flow_log_prob
 from .flow_matching import coupling_path, flow_matching_loss, sample_time
 from .fmpe import FMPEPosterior
 from .networks import ConditionalFlow, EmbeddingConfig, NetworkConfig, seeded_init
-from .ode import SolverConfig, integrate
+from ..integrate import SolverConfig
 from .posterior import Incomplete, Posterior, check_pairs, check_rows, new_generator, sample_in_support
 from .storage import config_from_data
 from .training import TrainingConfig, TrainingHistory, train
@@ -296,7 +296,7 @@ def _carry(flow: ConditionalFlow, z_y: torch.Tensor, context: torch.Tensor, slop
     """One draw of ``T_y`` per row of ``z_y`` (z-scored units in and out)."""
     start = slope * z_y + intercept + spread * torch.randn(z_y.shape, generator=generator, device=z_y.device)
     e = flow.embed(context)
-    return integrate(FMCPEPosterior._field(flow, e), start, 0.0, 1.0, solver).state
+    return solver.solve(FMCPEPosterior._field(flow, e), start, 0.0, 1.0).state
 
 
 class FMCPEPosterior(Posterior):
@@ -322,7 +322,7 @@ class FMCPEPosterior(Posterior):
 
     @staticmethod
     def _field(flow: ConditionalFlow, e: torch.Tensor):
-        return lambda t, z: flow(z, torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device), e)
+        return lambda z, t: flow(z, torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device), e)
 
     def context(self, y: torch.Tensor) -> torch.Tensor:
         """The flows' conditioning rows for real observations ``y`` ``(rows, x_dim)``."""
@@ -362,7 +362,7 @@ class FMCPEPosterior(Posterior):
             carried = self.carry(rows[index], gen, solver, context[index])
             theta0 = self.stage_one.sample_rows(carried, gen, solver, reject=False)
             z0 = _widen(self.stage_one.theta_scaler.forward(theta0), self.parameter_source_noise, gen)
-            z1 = integrate(self._field(self.parameter_flow, e[index]), z0, 0.0, 1.0, solver).state
+            z1 = solver.solve(self._field(self.parameter_flow, e[index]), z0, 0.0, 1.0).state
             return self.stage_one.theta_scaler.inverse(z1)
 
         if reject:

@@ -22,7 +22,7 @@ from torch.distributions import Distribution
 from .divergence import flow_log_prob
 from .flow_matching import flow_matching_loss, ot_path, sample_time
 from .networks import ConditionalFlow, NetworkConfig, seeded_init
-from .ode import SolverConfig, integrate
+from ..integrate import SolverConfig
 from .posterior import (Incomplete, Posterior, Standardizer, check_pairs, check_rows, new_generator,
                         sample_in_support)
 from .storage import config_from_data, prior_from_data
@@ -141,7 +141,7 @@ class FMPEPosterior(Posterior):
         return f"FMPEPosterior(theta_dim={self.theta_dim}, x_dim={self.x_dim}, estimator={self.estimator})"
 
     def _field(self, e: torch.Tensor):
-        return lambda t, z: self.flow(z, torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device), e)
+        return lambda z, t: self.flow(z, torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device), e)
 
     @torch.no_grad()
     def sample_rows(self, x: torch.Tensor, generator: torch.Generator, solver: SolverConfig | None = None,
@@ -153,7 +153,7 @@ class FMPEPosterior(Posterior):
 
         def draw(index: torch.Tensor) -> torch.Tensor:
             z0 = torch.randn((len(index), self.theta_dim), generator=generator, device=e.device)
-            return self.theta_scaler.inverse(integrate(self._field(e[index]), z0, 0.0, 1.0, solver).state)
+            return self.theta_scaler.inverse(solver.solve(self._field(e[index]), z0, 0.0, 1.0).state)
 
         if not reject:
             return draw(torch.arange(x.shape[0], device=e.device))

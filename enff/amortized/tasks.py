@@ -15,6 +15,9 @@ from typing import Literal
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Uniform
 
+from ..integrate import rk4_steps, tendency_field
+from ..models.lorenz96 import lorenz96_tendency
+
 __all__ = ["SBIBM_TASKS", "SBIBMTask", "Reference", "sbibm_task", "load_reference", "Lorenz96Task",
            "ShiftedGaussianTask"]
 
@@ -127,8 +130,8 @@ class Lorenz96Task:
     """Infer the forcing ``F`` and the linear damping ``c`` of Lorenz-96 from a short noisy trajectory.
 
     Dynamics ``dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - c x_i + F`` on ``n_sites`` periodic sites,
-    integrated by a vectorised RK4 over a batch in which every member has its own ``(F, c)`` (the shared
-    ``enff.models`` Lorenz-96 takes one scalar forcing). All members start from the same known state
+    integrated by RK4 (:func:`enff.integrate.rk4_steps`) on the tendency of :mod:`enff.models.lorenz96`,
+    vectorised over a batch in which every member has its own ``(F, c)``. All members start from the same known state
     ``x0_i = 2.5 + 2 sin(2 pi i / n) + sin(4 pi i / n)``. Observed: every site every ``obs_every`` steps,
     ``n_obs`` times (the first after ``obs_every`` steps), with Gaussian error ``obs_std``; the data vector
     is time-major, ``(batch, n_obs * n_sites)``, i.e. ``n_obs`` channels of ``n_sites`` sites.
@@ -181,9 +184,6 @@ class Lorenz96Task:
         high = torch.tensor([self.forcing_range[1], self.damping_range[1]])
         return low + (high - low) * torch.rand((n, 2), generator=generator)
 
-    def _tendency(self, x: torch.Tensor, forcing: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
-        return (torch.roll(x, -1, 1) - torch.roll(x, 2, 1)) * torch.roll(x, 1, 1) - damping * x + forcing
-
     def simulate(self, theta: torch.Tensor, generator: torch.Generator, *, real: bool = False) -> torch.Tensor:
         """Noisy observed trajectories for parameters ``theta`` ``(batch, 2)``; returns ``(batch, x_dim)``."""
         if theta.ndim != 2 or theta.shape[1] != 2:
@@ -194,18 +194,17 @@ class Lorenz96Task:
             phase = 2 * math.pi * torch.arange(self.n_sites, dtype=theta.dtype) / self.n_sites
             forcing = forcing + self.forcing_wave * torch.sin(phase)
         x = self.initial_state(theta.dtype).expand(batch, self.n_sites).clone()
-        h = self.dt
+        field = tendency_field(lorenz96_tendency(self.n_sites, forcing, damping, device=x.device), x)
+        # without model noise the RK4 runs uninterrupted between observations
+        steps, repeats = (1, self.obs_every) if real else (self.obs_every, 1)
         observed = []
-        for step in range(1, self.obs_every * self.n_obs + 1):
-            k1 = self._tendency(x, forcing, damping)
-            k2 = self._tendency(x + h / 2 * k1, forcing, damping)
-            k3 = self._tendency(x + h / 2 * k2, forcing, damping)
-            k4 = self._tendency(x + h * k3, forcing, damping)
-            x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-            if real:
-                x = x + self.model_noise * math.sqrt(h) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            if step % self.obs_every == 0:
-                observed.append(x)
+        for _ in range(self.n_obs):
+            for _ in range(repeats):
+                x = rk4_steps(field, x, self.dt, steps)
+                if real:
+                    x = x + self.model_noise * math.sqrt(self.dt) * torch.randn(x.shape, generator=generator,
+                                                                                 dtype=x.dtype)
+            observed.append(x)
         clean = torch.cat(observed, dim=1)
         return clean + self.obs_std * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
 

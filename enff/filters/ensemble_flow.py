@@ -4,7 +4,7 @@ A probability path (:mod:`enff.filters.paths`) joins a source ensemble at flow t
 ensemble at flow time 1; the Monte Carlo marginal velocity (:mod:`enff.filters.velocity`) transports the
 source particles along it, and guidance (:mod:`enff.filters.guidance`) pulls them toward the
 observations, so that at flow time 1 they form the analysis ensemble. ``steps`` is ``S``, the number of
-velocity evaluations (see :mod:`enff.filters.ode` for how Euler and Heun spend them).
+velocity evaluations (see :mod:`enff.integrate` for how Euler and Heun spend them).
 
 Registered filters: ``enff-ot`` (conditional optimal-transport path, Gaussian source) and ``enff-f2p``
 (filtering-to-predictive path, the previous analysis as source).
@@ -24,7 +24,7 @@ from enff.observations.space import ObservationSpace
 from .base import Filter, register
 from .guidance import Guidance, make_guidance
 from .inflation import check_inflation, multiplicative_inflation
-from .ode import SAMPLERS, integrate
+from ..integrate import SAMPLERS, integrate
 from .paths import F2PPath, OTPath, ProbabilityPath
 from .velocity import marginal_velocity, weight_summary
 

@@ -45,7 +45,7 @@ from .base import register
 from .ensemble_flow import GenerativeFilter
 from .guidance import likelihood_gradient, member_blocks
 from .inflation import check_inflation
-from .ode import euler_maruyama, integrate
+from ..integrate import euler_maruyama, integrate
 from .velocity import mixture_weights, squared_distances
 
 __all__ = ["VPSchedule", "prior_score", "EnSF", "SCORES", "SCORE_SAMPLERS", "STARTS"]

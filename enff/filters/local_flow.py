@@ -44,7 +44,7 @@ from .inflation import check_rtps, multiplicative_inflation, rtps
 from .kalman_guidance import KalmanGuide
 from .localization import check_radius
 from .local_weights import WeightStats, local_log_likelihood, local_mixture, squared_residuals
-from .ode import integrate
+from ..integrate import integrate
 from .paths import ProbabilityPath
 from .spatial_taper import SpatialLayout, spatial_taper
 
