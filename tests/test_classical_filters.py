@@ -28,7 +28,7 @@ from enff.observations.base import ObservationOperator, flatten_members
 from enff.observations.operators import ATan, Identity
 from enff.observations.space import ObservationSpace, Select
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from helpers import DEVICES
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,17 +43,6 @@ class Linear(ObservationOperator):
 
     def source_index(self, shape: tuple[int, ...]) -> np.ndarray:
         return self.index
-
-
-@dataclass(frozen=True, eq=False)
-class ArcTan(ObservationOperator):
-    """Test-only nonlinear operator ``arctan`` of every state element."""
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.atan(flatten_members(x))
-
-    def source_index(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.arange(int(np.prod(shape)))
 
 
 def ring(d: int) -> Grid:
@@ -313,7 +302,7 @@ def test_etkf_with_nonlinear_operator_matches_dense_formula():
     rng = np.random.default_rng(7)
     forecast = rng.standard_normal((n, d)) * 2
     y, std = rng.standard_normal(d), rng.uniform(0.3, 1.0, d)
-    obs = space(ArcTan(), std, ring(d))
+    obs = space(ATan(), std, ring(d))
     out = ETKF().analysis(torch.as_tensor(forecast), torch.as_tensor(y), obs, generator=torch.Generator())
     expected = reference_etkf(forecast, np.arctan(forecast), y, np.diag(std**-2.0))
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-10)
@@ -417,9 +406,9 @@ def test_masked_observations_have_no_influence(name, hyper):
     masked[[1, 4, 5]] = float("nan")
     keep = np.array([0, 2, 3, 6, 7, 8, 9])
     filt = get_filter(name, **hyper)
-    out = filt.analysis(forecast, masked, space(ArcTan(), std, grid), generator=torch.Generator().manual_seed(2))
+    out = filt.analysis(forecast, masked, space(ATan(), std, grid), generator=torch.Generator().manual_seed(2))
     reference = filt.analysis(
-        forecast, y[keep], space(ArcTan() | Select(keep), std[keep], grid), generator=torch.Generator().manual_seed(2)
+        forecast, y[keep], space(ATan() | Select(keep), std[keep], grid), generator=torch.Generator().manual_seed(2)
     )
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
@@ -427,7 +416,7 @@ def test_masked_observations_have_no_influence(name, hyper):
 
 def test_all_observations_masked_returns_forecast():
     forecast = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    obs = space(ArcTan(), np.ones(4), ring(4))
+    obs = space(ATan(), np.ones(4), ring(4))
     y = torch.full((4,), float("nan"), dtype=torch.float64)
     for filt in (ETKF(), EnKF(), LETKF(radius=1.0), BootstrapPF(jitter=1.0)):
         diagnostics: dict[str, float] = {}
@@ -485,7 +474,7 @@ def test_invalid_hyper_parameters_name_the_field(name, hyper, field):
 
 
 def test_forecast_shape_is_checked():
-    obs = space(ArcTan(), np.ones(4), ring(4))
+    obs = space(ATan(), np.ones(4), ring(4))
     with pytest.raises(ValueError, match="forecast must have shape"):
         ETKF().analysis(torch.zeros(5, 3, dtype=torch.float64), torch.zeros(4), obs, generator=torch.Generator())
 
@@ -533,7 +522,7 @@ def test_adaptive_obs_error_bounds_the_increment_of_a_confident_wrong_ensemble()
     # in one step; AOEI moves the mean towards the observation by less than one spread.
     rng = np.random.default_rng(2)
     forecast = -5.0 + 0.5 * rng.standard_normal((20, 1))
-    obs = space(ArcTan(), np.array([0.05]), ring(1))
+    obs = space(ATan(), np.array([0.05]), ring(1))
     y = torch.tensor([math.atan(5.0)], dtype=torch.float64)
     x = torch.as_tensor(forecast)
     plain = ETKF().analysis(x, y, obs, generator=torch.Generator())

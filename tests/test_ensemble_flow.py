@@ -15,7 +15,7 @@ from enff.models.base import Grid
 from enff.observations.operators import ATan, Identity, Indices
 from enff.observations.space import ObservationSpace
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+from helpers import CUDA
 
 
 def _space(d: int, operator=None, std: float = 1.0, n_obs: int | None = None) -> ObservationSpace:

@@ -12,7 +12,7 @@ from enff.models.base import Grid
 from enff.observations.operators import Identity, Indices
 from enff.observations.space import ObservationSpace
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+from helpers import CUDA
 
 
 def _space(d: int, std: float, operator=None, n_obs: int | None = None) -> ObservationSpace:

@@ -11,7 +11,7 @@ import torch
 from enff.models import KuramotoSivashinsky
 from enff.models.kuramoto_sivashinsky import KuramotoSivashinskyParams
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+from helpers import DEVICES
 
 
 def smooth_start(model: KuramotoSivashinsky) -> torch.Tensor:

@@ -12,6 +12,8 @@ from scipy.integrate import solve_ivp
 from enff.models import Lorenz63, Lorenz96, Model
 from enff.models._l96_numba import l96_rk4_parallel, l96_rk4_serial
 
+from helpers import CUDA
+
 L96_BACKENDS = ("torch", "numba", "numba-serial")
 DTYPES = (torch.float32, torch.float64)
 
@@ -152,7 +154,7 @@ def test_numba_kernel_handles_a_million_variables() -> None:
     torch.testing.assert_close(y, Lorenz96(dim=1_000_000, backend="torch").step(x, 1), rtol=1e-13, atol=1e-12)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@CUDA
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_torch_path_matches_cpu(dtype: torch.dtype) -> None:
     model = Lorenz96(dim=128)

@@ -11,7 +11,7 @@ import torch
 from enff.models import NavierStokes2D
 from enff.models.navier_stokes import COURANT_LIMIT, NavierStokes2DParams
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+from helpers import DEVICES
 
 
 def mesh(model: NavierStokes2D, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

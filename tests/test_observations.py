@@ -30,8 +30,9 @@ from enff.observations import (
     operator_from_config,
 )
 
+from helpers import DEVICES
+
 DTYPES = [torch.float32, torch.float64]
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 def grid_1d(n: int = 40) -> Grid:

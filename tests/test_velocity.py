@@ -11,7 +11,7 @@ from enff.filters.velocity import (
     weight_summary,
 )
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+from helpers import CUDA
 
 
 def _direct(path, t, x, x1, x0, log_prior=None):
