@@ -67,10 +67,10 @@ def run(name: str, members: int, hyper: dict[str, Any], cycles: int, burn_in: in
         forecast = exp.model.step(ensemble, exp.every)
         truth = exp.model.step(truth[None], exp.every)[0]
         y = exp.source.observe(truth, gen)
-        diagnostics: dict[str, float] = {}
         start = time.perf_counter()
-        ensemble = exp.filter.analysis(forecast, y, exp.space, previous=ensemble, generator=gen, diagnostics=diagnostics)
+        result = exp.filter.analysis(forecast, y, exp.space, previous=ensemble, generator=gen)
         seconds += time.perf_counter() - start
+        ensemble, diagnostics = result.ensemble, result.diagnostics
         mean = ensemble.mean(dim=0)
         rmse.append(float(torch.sqrt(torch.mean((mean - truth) ** 2))))
         spread.append(float(torch.sqrt(torch.mean(ensemble.var(dim=0)))))

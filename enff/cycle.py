@@ -12,6 +12,7 @@ import shlex
 import signal
 import threading
 import time as wallclock
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,7 @@ class Experiment:
         )
 
     def cycle(self, k: int, truth: torch.Tensor | None, ensemble: torch.Tensor
-              ) -> tuple[torch.Tensor | None, torch.Tensor, CycleRecord, dict[str, float]]:
+              ) -> tuple[torch.Tensor | None, torch.Tensor, CycleRecord, Mapping[str, float]]:
         """Run cycle ``k`` (1-based) from the previous truth ``(*state)`` (``None`` for real observations)
         and analysis ``(member, *state)``; returns the new truth and analysis, the record and diagnostics."""
         gen = self.generator(_CYCLE_STREAM, k)
@@ -188,19 +189,18 @@ class Experiment:
             y = self.source.observe(truth, gen)
         else:
             y = self.source.observation(k - 1, dtype=self.dtype, device=self.device)
-        diagnostics: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = wallclock.perf_counter()
-        analysis = self.filter.analysis(forecast, y, self.space, previous=ensemble, generator=gen,
-                                        diagnostics=diagnostics)
+        result = self.filter.analysis(forecast, y, self.space, previous=ensemble, generator=gen)
+        analysis = result.ensemble
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = wallclock.perf_counter() - start
         if not bool(torch.isfinite(analysis).all()):
             raise Divergence(k, "analysis")
         record = self.record(k, truth, y, forecast, analysis, seconds)
-        return truth, analysis, record, diagnostics
+        return truth, analysis, record, result.diagnostics
 
     def record(self, k: int, truth: torch.Tensor | None, y: torch.Tensor, forecast: torch.Tensor,
                analysis: torch.Tensor, seconds: float) -> CycleRecord:

@@ -58,4 +58,4 @@ def analysed(
     previous: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The analysis ensemble of ``filt`` (shape of ``forecast``) with a generator seeded ``seed`` on its device."""
-    return filt.analysis(forecast, y, obs, previous=previous, generator=generator(seed, forecast.device))
+    return filt.analysis(forecast, y, obs, previous=previous, generator=generator(seed, forecast.device)).ensemble

@@ -12,9 +12,9 @@ import scipy.linalg
 import torch
 
 from enff.filters import BootstrapPF, EnKF, ETKF, LETKF, get_filter, multiplicative_inflation, rtps
-from enff.filters._ensemble import observe
+from enff.filters.ensemble_space import observe
 from enff.filters.localization import gaspari_cohn, local_observations
-from enff.filters._ensemble import _member_space_update, _observation_space_update
+from enff.filters.ensemble_space import _member_space_update, _observation_space_update
 from enff.filters.particle import (
     duplicated,
     effective_sample_size,
@@ -102,11 +102,22 @@ def moments(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return flat.mean(axis=0), np.cov(flat, rowvar=False)
 
 
-def run(filt, forecast: np.ndarray, problem: Problem, seed: int = 1, dtype=torch.float64, device="cpu", **kw):
+def unpack(result):
+    """The analysis ensemble and the diagnostics of an :class:`~enff.filters.Analysis`."""
+    return result.ensemble, result.diagnostics
+
+
+def run(filt, forecast: np.ndarray, problem: Problem, seed: int = 1, dtype=torch.float64, device="cpu"):
+    """The analysis ensemble of ``filt`` for the problem's observations (:func:`run_with_diagnostics`)."""
+    return run_with_diagnostics(filt, forecast, problem, seed, dtype, device).ensemble
+
+
+def run_with_diagnostics(filt, forecast: np.ndarray, problem: Problem, seed: int = 1, dtype=torch.float64,
+                         device="cpu"):
     x = torch.as_tensor(forecast, dtype=dtype, device=device).reshape(-1, *problem.grid.shape)
     gen = torch.Generator(device=device).manual_seed(seed)
     y = torch.as_tensor(problem.y, dtype=dtype, device=device)
-    return filt.analysis(x, y, problem.obs, generator=gen, **kw)
+    return filt.analysis(x, y, problem.obs, generator=gen)
 
 
 # ---------------------------------------------------------------- linear-Gaussian: Kalman filter truth
@@ -166,8 +177,7 @@ def test_particle_filter_resampled_mean_and_ess(tempering):
     problem = linear_problem((2,), p=2)
     kf_mean, _ = problem.kalman()
     forecast = np.random.default_rng(4).multivariate_normal(problem.mean, problem.cov, 100_000)
-    diagnostics: dict[str, float] = {}
-    analysis = run(BootstrapPF(tempering=tempering), forecast, problem, diagnostics=diagnostics)
+    analysis, diagnostics = unpack(run_with_diagnostics(BootstrapPF(tempering=tempering), forecast, problem))
     mean, _ = moments(analysis)
     np.testing.assert_allclose(mean, kf_mean, atol=0.03)
     assert 1.0 <= diagnostics["ess"] <= 100_000
@@ -198,8 +208,9 @@ def test_tempered_regularized_particle_filter_approaches_kalman():
     problem = linear_problem((2,), p=2)
     kf_mean, kf_cov = problem.kalman()
     forecast = np.random.default_rng(5).multivariate_normal(problem.mean, problem.cov, 50_000)
-    diagnostics: dict[str, float] = {}
-    mean, cov = moments(run(BootstrapPF(tempering=0.9, regularization=0.5), forecast, problem, diagnostics=diagnostics))
+    analysis, diagnostics = unpack(run_with_diagnostics(BootstrapPF(tempering=0.9, regularization=0.5), forecast,
+                                                         problem))
+    mean, cov = moments(analysis)
     assert diagnostics["stages"] > 1
     np.testing.assert_allclose(mean, kf_mean, atol=0.03)
     np.testing.assert_allclose(cov, kf_cov, atol=0.05 * np.abs(kf_cov).max())
@@ -303,7 +314,7 @@ def test_etkf_with_nonlinear_operator_matches_dense_formula():
     forecast = rng.standard_normal((n, d)) * 2
     y, std = rng.standard_normal(d), rng.uniform(0.3, 1.0, d)
     obs = space(ATan(), std, ring(d))
-    out = ETKF().analysis(torch.as_tensor(forecast), torch.as_tensor(y), obs, generator=torch.Generator())
+    out = ETKF().analysis(torch.as_tensor(forecast), torch.as_tensor(y), obs, generator=torch.Generator()).ensemble
     expected = reference_etkf(forecast, np.arctan(forecast), y, np.diag(std**-2.0))
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-10)
 
@@ -315,7 +326,7 @@ def test_letkf_matches_pointwise_reference():
     index = np.arange(0, d, 2)
     y, std = rng.standard_normal(index.size), rng.uniform(0.5, 1.0, index.size)
     obs = space(Select(index), std, ring(d))
-    out = LETKF(radius=radius).analysis(torch.as_tensor(forecast), torch.as_tensor(y), obs, generator=torch.Generator())
+    out = LETKF(radius=radius).analysis(torch.as_tensor(forecast), torch.as_tensor(y), obs, generator=torch.Generator()).ensemble
     expected = forecast.copy()
     for i in range(d):
         dist = np.abs(index - i)
@@ -358,7 +369,7 @@ def test_letkf_uses_periodic_two_dimensional_distances():
     grid = Grid((np.arange(8.0), np.arange(8.0)), (8.0, 8.0))
     obs = ObservationSpace(Select(np.array([0])), torch.tensor([0.5], dtype=torch.float64), grid, shape)
     forecast = torch.as_tensor(np.random.default_rng(10).standard_normal((6, *shape)))
-    out = LETKF(radius=radius).analysis(forecast, torch.tensor([3.0], dtype=torch.float64), obs, generator=torch.Generator())
+    out = LETKF(radius=radius).analysis(forecast, torch.tensor([3.0], dtype=torch.float64), obs, generator=torch.Generator()).ensemble
     changed = (out - forecast).abs().amax(dim=0) > 1e-12
     for point in [(0, 0), (7, 7), (0, 7), (1, 0), (1, 1)]:  # across both periodic boundaries
         assert changed[point], point
@@ -406,10 +417,10 @@ def test_masked_observations_have_no_influence(name, hyper):
     masked[[1, 4, 5]] = float("nan")
     keep = np.array([0, 2, 3, 6, 7, 8, 9])
     filt = get_filter(name, **hyper)
-    out = filt.analysis(forecast, masked, space(ATan(), std, grid), generator=torch.Generator().manual_seed(2))
+    out = filt.analysis(forecast, masked, space(ATan(), std, grid), generator=torch.Generator().manual_seed(2)).ensemble
     reference = filt.analysis(
         forecast, y[keep], space(ATan() | Select(keep), std[keep], grid), generator=torch.Generator().manual_seed(2)
-    )
+    ).ensemble
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
 
@@ -419,8 +430,7 @@ def test_all_observations_masked_returns_forecast():
     obs = space(ATan(), np.ones(4), ring(4))
     y = torch.full((4,), float("nan"), dtype=torch.float64)
     for filt in (ETKF(), EnKF(), LETKF(radius=1.0), BootstrapPF(jitter=1.0)):
-        diagnostics: dict[str, float] = {}
-        out = filt.analysis(forecast, y, obs, generator=torch.Generator(), diagnostics=diagnostics)
+        out, diagnostics = unpack(filt.analysis(forecast, y, obs, generator=torch.Generator()))
         torch.testing.assert_close(out, forecast)
     assert diagnostics == {"ess": 5.0, "stages": 0.0}
 
@@ -507,8 +517,8 @@ def test_adaptive_obs_error_is_the_kalman_filter_with_the_inflated_error(name, h
                                                                  innovation**2 / threshold**2 - prior_var)))
     assert np.all(inflated.std[[0, 2]] > 5 * problem.std[[0, 2]])
     assert inflated.std[1] == pytest.approx(problem.std[1])
-    diagnostics: dict[str, float] = {}
-    mean, cov = moments(run(filt, forecast, problem, diagnostics=diagnostics))
+    analysis, diagnostics = unpack(run_with_diagnostics(filt, forecast, problem))
+    mean, cov = moments(analysis)
     kf_mean, kf_cov = inflated.kalman()
     np.testing.assert_allclose(mean, kf_mean, atol=1e-10, rtol=1e-10)
     np.testing.assert_allclose(cov, kf_cov, atol=1e-10, rtol=1e-10)
@@ -525,8 +535,8 @@ def test_adaptive_obs_error_bounds_the_increment_of_a_confident_wrong_ensemble()
     obs = space(ATan(), np.array([0.05]), ring(1))
     y = torch.tensor([math.atan(5.0)], dtype=torch.float64)
     x = torch.as_tensor(forecast)
-    plain = ETKF().analysis(x, y, obs, generator=torch.Generator())
-    adaptive = ETKF(adaptive_obs_error=1.0).analysis(x, y, obs, generator=torch.Generator())
+    plain = ETKF().analysis(x, y, obs, generator=torch.Generator()).ensemble
+    adaptive = ETKF(adaptive_obs_error=1.0).analysis(x, y, obs, generator=torch.Generator()).ensemble
     spread = float(x.std())
     assert float(plain.mean() - x.mean()) > 10 * spread
     assert 0 < float(adaptive.mean() - x.mean()) < spread
@@ -536,8 +546,9 @@ def test_adaptive_obs_error_rejects_bad_thresholds():
     for bad in ("yes", True, -1.0, math.inf):
         with pytest.raises(ValueError, match="adaptive_obs_error must be a threshold >= 0"):
             ETKF(adaptive_obs_error=bad)
-    with pytest.raises(ValueError, match="belongs to the Kalman filters"):
-        BootstrapPF(adaptive_obs_error=1.0)
+    for particle in ("bpf", "lpf"):  # the particle filters weigh members by the stated error: not one of their keys
+        with pytest.raises(ValueError, match="unknown key.* adaptive_obs_error"):
+            get_filter(particle, radius=2.0, adaptive_obs_error=1.0)
 
 
 # ---------------------------------------------------------------- LETKF line search on the local cost
@@ -560,10 +571,8 @@ def test_letkf_line_search_matches_a_direct_minimization_of_the_local_cost():
     y = np.arctan(truth) + std * rng.standard_normal(d)
     obs = space(ATan(), std, ring(d))
     x, yt = torch.as_tensor(forecast), torch.as_tensor(y)
-    diagnostics: dict[str, float] = {}
-    out = LETKF(radius=radius, line_search=True).analysis(x, yt, obs, generator=torch.Generator(),
-                                                          diagnostics=diagnostics)
-    plain = LETKF(radius=radius).analysis(x, yt, obs, generator=torch.Generator()).numpy()
+    out, diagnostics = unpack(LETKF(radius=radius, line_search=True).analysis(x, yt, obs, generator=torch.Generator()))
+    plain = LETKF(radius=radius).analysis(x, yt, obs, generator=torch.Generator()).ensemble.numpy()
 
     steps = np.array([2.0**-k for k in range(STEP_HALVINGS + 1)] + [0.0])
     xm = forecast.mean(0)
@@ -594,10 +603,9 @@ def test_letkf_line_search_leaves_linear_observations_unchanged():
     index = np.arange(0, d, 2)
     y, std = torch.as_tensor(rng.standard_normal(index.size)), rng.uniform(0.1, 1.0, index.size)
     obs = space(Select(index), std, ring(d))
-    diagnostics: dict[str, float] = {}
-    searched = LETKF(radius=radius, line_search=True).analysis(forecast, y, obs, generator=torch.Generator(),
-                                                               diagnostics=diagnostics)
-    plain = LETKF(radius=radius).analysis(forecast, y, obs, generator=torch.Generator())
+    searched, diagnostics = unpack(LETKF(radius=radius, line_search=True).analysis(forecast, y, obs,
+                                                                                  generator=torch.Generator()))
+    plain = LETKF(radius=radius).analysis(forecast, y, obs, generator=torch.Generator()).ensemble
     torch.testing.assert_close(searched, plain, rtol=0, atol=1e-12)
     assert diagnostics == {"shortened_steps": 0.0}
     assert LETKF(radius=1.0, line_search=True).diagnostic_names == ("shortened_steps",)

@@ -16,7 +16,7 @@ import xarray as xr
 from enff.casefile import parse_case
 from enff.cli import main
 from enff.cycle import Divergence, run_case
-from enff.filters import FILTERS, Filter, register
+from enff.filters import FILTERS, Analysis, Filter, register
 from enff.runfile import open_run
 
 if "test-nan-at-cycle-3" not in FILTERS:
@@ -28,9 +28,9 @@ if "test-nan-at-cycle-3" not in FILTERS:
 
         calls: list = None  # type: ignore[assignment]
 
-        def analysis(self, forecast, y, obs, *, previous=None, generator, diagnostics=None):
+        def analysis(self, forecast, y, obs, *, previous=None, generator):
             _NanAtThirdCycle.count = getattr(_NanAtThirdCycle, "count", 0) + 1
-            return forecast * float("nan") if _NanAtThirdCycle.count == 3 else forecast.clone()
+            return Analysis(forecast * float("nan") if _NanAtThirdCycle.count == 3 else forecast.clone())
 
 
 def test_run_file_layout(tmp_path, small_case_text):

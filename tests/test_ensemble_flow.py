@@ -8,7 +8,8 @@ import torch
 
 from enff.filters import get_filter
 from enff.filters.ensemble_flow import EnFFF2P, EnFFOT, flow_analysis
-from enff.filters.guidance import LocalGuidance, MonteCarloGuidance, NoGuidance, likelihood_gradient
+from enff.filters.guidance import LocalGuidance, MonteCarloGuidance, NoGuidance
+from enff.filters.likelihood import likelihood_gradient
 from enff.integrate import euler_maruyama, integrate
 from enff.filters.paths import OTPath
 from enff.models.base import Grid
@@ -162,7 +163,7 @@ def test_mc_guidance_approaches_the_kalman_filter_as_n_grows():
         for trial in range(3):
             g = torch.Generator().manual_seed(100 * n + trial)
             forecast = mean + torch.randn(n, 2, generator=g, dtype=torch.float64) @ root.T
-            analysis = enff.analysis(forecast, y, obs, generator=g)
+            analysis = enff.analysis(forecast, y, obs, generator=g).ensemble
             error = (analysis.mean(0) - mean_kf).norm() + (torch.cov(analysis.T) - cov_kf).norm()
             trial_errors.append(error.item())
         errors.append(float(np.mean(trial_errors)))
@@ -173,6 +174,11 @@ def test_mc_guidance_approaches_the_kalman_filter_as_n_grows():
 # ------------------------------------------------------------------------------------------------
 # the registered filters
 # ------------------------------------------------------------------------------------------------
+
+
+def _unpack(result):
+    """The analysis ensemble and the diagnostics of an :class:`~enff.filters.Analysis`."""
+    return result.ensemble, result.diagnostics
 
 
 def _forecast(n=12, d=6, seed=0, dtype=torch.float64):
@@ -189,11 +195,12 @@ def test_masked_observations_have_no_influence(name, guidance):
     y = torch.tensor([2.0, float("nan"), 1.5, float("nan"), 0.0, 2.5], dtype=torch.float64)
     kept = (0, 2, 4, 5)
     enff = get_filter(name, guidance=guidance, guidance_scale=0.5, steps=6)
-    full = enff.analysis(forecast, y, _space(d, std=0.5), previous=previous, generator=torch.Generator().manual_seed(3))
+    full = enff.analysis(forecast, y, _space(d, std=0.5), previous=previous,
+                         generator=torch.Generator().manual_seed(3)).ensemble
     reduced = enff.analysis(
         forecast, y[list(kept)], _space(d, Indices(kept), std=0.5, n_obs=4),
         previous=previous, generator=torch.Generator().manual_seed(3),
-    )
+    ).ensemble
     assert torch.isfinite(full).all()
     torch.testing.assert_close(full, reduced)
 
@@ -211,8 +218,9 @@ def test_local_guidance_pulls_the_ensemble_toward_the_observations(name, scale, 
     g = torch.Generator().manual_seed(5)
     guided = get_filter(name, guidance="local", guidance_scale=scale, **kwargs).analysis(
         forecast, y, obs, previous=forecast, generator=g
-    )
-    free = get_filter(name, guidance="none", **kwargs).analysis(forecast, y, obs, previous=forecast, generator=g)
+    ).ensemble
+    free = get_filter(name, guidance="none", **kwargs).analysis(forecast, y, obs, previous=forecast,
+                                                                generator=g).ensemble
     misfit = lambda ens: (ens.mean(0) - y).norm().item()  # noqa: E731
     assert misfit(guided) < 0.8 * misfit(forecast)
     assert misfit(free) == pytest.approx(misfit(forecast), rel=0.15)
@@ -224,9 +232,9 @@ def test_f2p_follows_each_members_own_path():
     previous = 10.0 * _forecast(n=n, d=d, seed=6)
     forecast = previous + 0.5 * _forecast(n=n, d=d, seed=7)
     enff = EnFFF2P(steps=8, sigma_min=1e-3, guidance="none")
-    diagnostics = {}
-    analysis = enff.analysis(forecast, torch.zeros(d, dtype=torch.float64), _space(d), previous=previous,
-                             generator=torch.Generator().manual_seed(8), diagnostics=diagnostics)
+    result = enff.analysis(forecast, torch.zeros(d, dtype=torch.float64), _space(d), previous=previous,
+                           generator=torch.Generator().manual_seed(8))
+    analysis, diagnostics = result.ensemble, result.diagnostics
     torch.testing.assert_close(analysis, forecast, rtol=0, atol=1e-2)
     assert diagnostics == {"max_weight": pytest.approx(1.0), "distinct_members": float(n)}
 
@@ -235,9 +243,14 @@ def test_f2p_without_previous_uses_the_forecast_as_source():
     forecast = _forecast(n=6, d=4)
     enff = EnFFF2P(steps=4, sigma_min=1e-3, guidance="none")
     y = torch.zeros(4, dtype=torch.float64)
-    analysis = enff.analysis(forecast, y, _space(4), generator=torch.Generator().manual_seed(0))
+    analysis = enff.analysis(forecast, y, _space(4), generator=torch.Generator().manual_seed(0)).ensemble
     torch.testing.assert_close(analysis, forecast, rtol=0, atol=1e-2)
-    assert EnFFF2P.needs_previous and not EnFFOT.needs_previous
+    # the F2P path starts from the previous analysis; the OT path never reads it
+    previous = forecast + 5.0
+    for filt, uses_previous in ((enff, True), (EnFFOT(steps=4, sigma_min=1e-3, guidance="none"), False)):
+        with_previous, without = (filt.analysis(forecast, y, _space(4), previous=p, generator=torch.Generator().manual_seed(0))
+                                  .ensemble for p in (previous, None))
+        assert torch.equal(with_previous, without) is not uses_previous
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -246,12 +259,11 @@ def test_analysis_shape_dtype_diagnostics_and_reproducibility(dtype):
     obs = _space(5, ATan(), std=0.1)
     y = torch.atan(torch.ones(5, dtype=torch.float64))
     enff = get_filter("enff-ot", steps=5, sampler="heun")
-    first, second = {}, {}
-    a = enff.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(1), diagnostics=first)
-    b = enff.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(1), diagnostics=second)
+    a, first = _unpack(enff.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(1)))
+    b, second = _unpack(enff.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(1)))
     assert a.shape == forecast.shape and a.dtype == dtype
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert set(first) == set(EnFFOT.diagnostic_names)
+    assert set(first) == set(enff.diagnostic_names) == set(second)
     assert 0.1 <= first["max_weight"] <= 1.0 and 1 <= first["distinct_members"] <= 10
 
 
@@ -282,8 +294,9 @@ def test_cuda_analysis_matches_cpu_statistics():
     obs_gpu = ObservationSpace(obs.operator, obs.std.cuda(), obs.grid, obs.state_shape)
     y = torch.zeros(32, dtype=torch.float64)
     enff = get_filter("enff-ot", steps=10)
-    cpu = enff.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(0))
-    gpu = enff.analysis(forecast.cuda(), y.cuda(), obs_gpu, generator=torch.Generator(device="cuda").manual_seed(0))
+    cpu = enff.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(0)).ensemble
+    gpu = enff.analysis(forecast.cuda(), y.cuda(), obs_gpu,
+                        generator=torch.Generator(device="cuda").manual_seed(0)).ensemble
     assert gpu.device.type == "cuda"
     assert (gpu.mean().cpu() - cpu.mean()).abs() < 0.2
 
@@ -300,6 +313,6 @@ def test_cycle_with_every_observation_missing_returns_the_inflated_forecast(name
     hyper = {"radius": 3.0} if name == "letkf" else {}
     filt = get_filter(name, inflation=1.1, **hyper)
     y = torch.full((16,), float("nan"), dtype=torch.float64)
-    analysis = filt.analysis(forecast, y, obs, previous=forecast, generator=torch.Generator().manual_seed(1))
+    analysis = filt.analysis(forecast, y, obs, previous=forecast, generator=torch.Generator().manual_seed(1)).ensemble
     mean = forecast.mean(0)
     torch.testing.assert_close(analysis, mean + 1.1 * (forecast - mean))

@@ -63,7 +63,8 @@ def test_learned_analysis_matches_the_kalman_analysis(linear_gaussian, mean, spr
     mean, spread, y = (torch.tensor(v, dtype=torch.float64) for v in (mean, spread, y))
     gen = torch.Generator().manual_seed(1)
     forecast = _forecast(mean, spread, 4000, gen)
-    analysis = get_filter("learned", posterior=str(linear_gaussian)).analysis(forecast, y, _space(2), generator=gen)
+    analysis = get_filter("learned", posterior=str(linear_gaussian)).analysis(forecast, y, _space(2),
+                                                                               generator=gen).ensemble
     assert analysis.shape == forecast.shape and analysis.dtype == forecast.dtype
     kalman_mean, kalman_std = _kalman(y, mean, spread)
     assert torch.allclose(analysis.mean(0), kalman_mean, atol=0.06)
@@ -75,8 +76,8 @@ def test_learned_analysis_is_reproducible_from_the_generator(linear_gaussian):
                          torch.Generator().manual_seed(0))
     filt = get_filter("learned", posterior=str(linear_gaussian))
     y = torch.tensor([0.3, -0.2], dtype=torch.float64)
-    a = filt.analysis(forecast, y, _space(2), generator=torch.Generator().manual_seed(5))
-    b = filt.analysis(forecast, y, _space(2), generator=torch.Generator().manual_seed(5))
+    a = filt.analysis(forecast, y, _space(2), generator=torch.Generator().manual_seed(5)).ensemble
+    b = filt.analysis(forecast, y, _space(2), generator=torch.Generator().manual_seed(5)).ensemble
     assert torch.equal(a, b)
 
 

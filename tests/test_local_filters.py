@@ -20,7 +20,7 @@ from enff.filters.local_particle import local_systematic_resample
 from enff.filters.local_weights import local_log_likelihood, local_mixture, squared_residuals
 from enff.filters.localization import gaspari_cohn
 from enff.filters.spatial_taper import GlobalTaper, PeriodicTaper, SparseTaper, SpatialLayout, spatial_taper
-from enff.filters._ensemble import observe, square_root_update_and_weights
+from enff.filters.ensemble_space import observe, square_root_update_and_weights
 from enff.models.base import Grid
 from enff.observations.operators import ATan, Identity, Indices
 from enff.observations.space import ObservationSpace
@@ -180,11 +180,11 @@ def _problem(d: int = 30, n: int = 8, seed: int = 6, operator=None, std: float =
 )
 def test_infinite_radius_equals_the_global_filter(local, global_, keys):
     forecast, previous, y, obs = _problem(operator=ATan())
-    local_diag, global_diag = {}, {}
-    ours = get_filter(local, radius=math.inf, **keys).analysis(
-        forecast, y, obs, previous=previous, generator=torch.Generator().manual_seed(0), diagnostics=local_diag)
-    theirs = get_filter(global_, **keys).analysis(
-        forecast, y, obs, previous=previous, generator=torch.Generator().manual_seed(0), diagnostics=global_diag)
+    local_result = get_filter(local, radius=math.inf, **keys).analysis(
+        forecast, y, obs, previous=previous, generator=torch.Generator().manual_seed(0))
+    global_result = get_filter(global_, **keys).analysis(
+        forecast, y, obs, previous=previous, generator=torch.Generator().manual_seed(0))
+    (ours, local_diag), (theirs, global_diag) = ((r.ensemble, r.diagnostics) for r in (local_result, global_result))
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
     for name in ("max_weight", "distinct_members"):
         if name in global_diag:
@@ -208,8 +208,9 @@ def test_masked_observations_have_no_influence(name, keys):
     restricted = ObservationSpace(obs.operator | Indices(keep), obs.std[keep], obs.grid, obs.state_shape)
     masked[drop] = float("nan")
     filt = get_filter(name, **keys)
-    a = filt.analysis(forecast, masked, obs, previous=previous, generator=torch.Generator().manual_seed(1))
-    b = filt.analysis(forecast, y[keep], restricted, previous=previous, generator=torch.Generator().manual_seed(1))
+    a = filt.analysis(forecast, masked, obs, previous=previous, generator=torch.Generator().manual_seed(1)).ensemble
+    b = filt.analysis(forecast, y[keep], restricted, previous=previous,
+                      generator=torch.Generator().manual_seed(1)).ensemble
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -218,8 +219,8 @@ def test_member_order_does_not_matter(guidance):
     forecast, _, y, obs = _problem(operator=ATan())
     order = torch.randperm(forecast.shape[0], generator=torch.Generator().manual_seed(2))
     filt = get_filter("lenff-ot", radius=4.0, steps=5, guidance=guidance)
-    a = filt.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(3))
-    b = filt.analysis(forecast[order], y, obs, generator=torch.Generator().manual_seed(3))
+    a = filt.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(3)).ensemble
+    b = filt.analysis(forecast[order], y, obs, generator=torch.Generator().manual_seed(3)).ensemble
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
@@ -229,9 +230,9 @@ def test_two_dimensional_fields_share_their_point():
     gen = torch.Generator().manual_seed(7)
     forecast = torch.randn(6, 2, 6, 6, dtype=torch.float64, generator=gen)
     y = torch.randn(obs.n_obs, dtype=torch.float64, generator=gen)
-    diag = {}
-    out = get_filter("lenff-ot", radius=1.5, steps=4, guidance="kalman").analysis(
-        forecast, y, obs, generator=torch.Generator().manual_seed(0), diagnostics=diag)
+    result = get_filter("lenff-ot", radius=1.5, steps=4, guidance="kalman").analysis(
+        forecast, y, obs, generator=torch.Generator().manual_seed(0))
+    out, diag = result.ensemble, result.diagnostics
     assert out.shape == forecast.shape and torch.isfinite(out).all()
     assert set(diag) == {"max_weight", "distinct_members", "local_ess_mean", "local_ess_min"}
 
@@ -274,7 +275,7 @@ def test_kalman_guidance_approaches_the_kalman_filter_as_the_ensemble_grows():
         draws = torch.randn(members, d, dtype=torch.float64, generator=gen)
         forecast = torch.as_tensor(prior_mean) + draws @ torch.as_tensor(np.linalg.cholesky(prior_cov)).T
         analysis = get_filter("lenff-ot", radius=math.inf, steps=50, sigma_min=1e-3, guidance="kalman").analysis(
-            forecast, y, obs, generator=torch.Generator().manual_seed(10)).numpy()
+            forecast, y, obs, generator=torch.Generator().manual_seed(10)).ensemble.numpy()
         sample_mean, sample_cov = forecast.numpy().mean(0), np.cov(forecast.numpy().T)
         mean, cov = _kalman(sample_mean, sample_cov, np.eye(d)[[0, 2]], 0.36 * np.eye(2), y.numpy())
         mean_error = np.abs(analysis.mean(0) - mean).max()
@@ -293,7 +294,7 @@ def test_kalman_guide_at_time_zero_is_the_letkf_mean_increment():
     guide = KalmanGuide.prepare(forecast, y, obs, layout, spatial_taper(layout, radius), radius)
     mean = forecast.mean(dim=0)
     shift = guide.shift(mean[None], t=0.0, sigma=1.0)[0]
-    letkf = LETKF(radius=radius).analysis(forecast, y, obs, generator=torch.Generator().manual_seed(0))
+    letkf = LETKF(radius=radius).analysis(forecast, y, obs, generator=torch.Generator().manual_seed(0)).ensemble
     torch.testing.assert_close(mean + shift, letkf.mean(dim=0), rtol=1e-10, atol=1e-10)
 
 
@@ -326,9 +327,8 @@ def test_local_resampling_against_a_per_point_systematic_resampling():
 
 def test_local_particle_filter_copies_members_pointwise():
     forecast, _, y, obs = _problem(d=30, n=8, operator=Indices(np.arange(0, 30, 3)))
-    diag = {}
-    analysis = get_filter("lpf", radius=2.0).analysis(forecast, y, obs, generator=torch.Generator().manual_seed(0),
-                                                      diagnostics=diag)
+    result = get_filter("lpf", radius=2.0).analysis(forecast, y, obs, generator=torch.Generator().manual_seed(0))
+    analysis, diag = result.ensemble, result.diagnostics
     assert ((analysis[:, None, :] == forecast[None, :, :]).any(dim=1)).all()  # every value is some member's there
     assert 1.0 <= diag["local_ess_min"] <= diag["local_ess_mean"] <= 8.0
     assert 1.0 <= diag["distinct_members"] <= 8.0
@@ -355,12 +355,14 @@ def test_standardized_coordinates_make_the_analysis_scale_equivariant(guidance):
     units = ObservationSpace(obs.operator, obs.std * scale, obs.grid, obs.state_shape)
     keys = {"radius": 4.0, "steps": 6, "guidance": guidance, "coordinates": "standardized", "guidance_scale": 0.2}
     filt = get_filter("lenff-ot", **keys)
-    a = filt.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(4))
-    b = filt.analysis(shift + scale * forecast, shift + scale * y, units, generator=torch.Generator().manual_seed(4))
+    a = filt.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(4)).ensemble
+    b = filt.analysis(shift + scale * forecast, shift + scale * y, units,
+                      generator=torch.Generator().manual_seed(4)).ensemble
     # the gradient guidance is scale-free too: grad_z E = s grad_x E and E is dimensionless
     torch.testing.assert_close(shift + scale * a, b, rtol=1e-9, atol=1e-9 * scale)
     state = get_filter("lenff-ot", **{**keys, "coordinates": "state"})
-    c = state.analysis(shift + scale * forecast, shift + scale * y, units, generator=torch.Generator().manual_seed(4))
+    c = state.analysis(shift + scale * forecast, shift + scale * y, units,
+                       generator=torch.Generator().manual_seed(4)).ensemble
     assert not torch.allclose(c, b, atol=1e-3 * scale)  # the N(0, I) source has no such invariance
 
 
@@ -369,7 +371,7 @@ def test_full_spread_relaxation_restores_the_prior_spread(name):
     forecast, previous, y, obs = _problem(operator=ATan())
     keys = {"radius": 4.0, "steps": 6, "rtps": 1.0, "inflation": 1.1}
     analysis = get_filter(name, **keys).analysis(forecast, y, obs, previous=previous,
-                                                 generator=torch.Generator().manual_seed(5))
+                                                 generator=torch.Generator().manual_seed(5)).ensemble
     inflated = forecast.mean(0) + 1.1 * (forecast - forecast.mean(0))
     torch.testing.assert_close(analysis.std(dim=0), inflated.std(dim=0), rtol=1e-10, atol=1e-12)
 

@@ -1,6 +1,6 @@
 """Filters: a registry from name to a frozen dataclass of hyper-parameters with an ``analysis`` method."""
 
-from .base import FILTERS, Filter, filter_names, get_filter, register
+from .base import FILTERS, Analysis, Filter, filter_names, get_filter, register
 from .enkf import EnKF
 from .ensemble_flow import EnFFF2P, EnFFOT
 from .ensemble_score import EnSF
@@ -16,6 +16,7 @@ from .particle import BootstrapPF
 
 __all__ = [
     "FILTERS",
+    "Analysis",
     "BootstrapPF",
     "ETKF",
     "EnFFF2P",

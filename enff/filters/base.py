@@ -1,14 +1,18 @@
 """The filter contract and the registry that maps names to filters.
 
 A filter is a frozen dataclass of its own hyper-parameters (its ``repr`` is its full configuration)
-with one essential method, :meth:`Filter.analysis`, a pure function on tensors. It never integrates
-the model. Case files and the CLI select filters by registry name.
+with one essential method, :meth:`Filter.analysis`, a pure function on tensors that returns an
+:class:`Analysis` (the analysis ensemble and its diagnostics). It never integrates the model. Case files
+and the CLI select filters by registry name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
@@ -16,22 +20,50 @@ import torch
 from enff.observations.space import ObservationSpace
 from enff.registry import Registry
 
-__all__ = ["Filter", "FILTERS", "register", "get_filter", "filter_names"]
+__all__ = ["Analysis", "Filter", "FILTERS", "register", "get_filter", "filter_names"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What :meth:`Filter.analysis` returns.
+
+    Attributes
+    ----------
+    ensemble:
+        The analysis ensemble, a new tensor shaped like the forecast ``(member, *state_shape)``.
+    diagnostics:
+        Scalar diagnostics of this analysis, name -> value (read-only). The names are among the filter's
+        :attr:`Filter.diagnostic_names`; an analysis with nothing to assimilate (every observation missing)
+        may report fewer.
+    """
+
+    ensemble: torch.Tensor
+    diagnostics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "diagnostics", MappingProxyType(dict(self.diagnostics)))
 
 
 class Filter(ABC):
     """Base class of all filters.
 
     Subclasses are frozen dataclasses whose fields are the hyper-parameters (the case file's
-    ``[filter]`` keys) and declare the names of the per-cycle scalar diagnostics they report.
+    ``[filter]`` keys) and declare the per-cycle scalar diagnostics they report in two class variables:
+    :attr:`reported` (every analysis) and :attr:`reported_when` (only when a hyper-parameter switches
+    them on). :attr:`diagnostic_names` reads both.
     """
 
     #: Registry name, set by :func:`register`.
     name: ClassVar[str] = ""
-    #: Names of the scalar diagnostics written into ``diagnostics`` by :meth:`analysis`.
-    diagnostic_names: ClassVar[tuple[str, ...]] = ()
-    #: Whether :meth:`analysis` needs the previous analysis ensemble.
-    needs_previous: ClassVar[bool] = False
+    #: Names of the scalar diagnostics every analysis reports.
+    reported: ClassVar[tuple[str, ...]] = ()
+    #: Diagnostics reported only when a hyper-parameter is set (truthy): diagnostic name -> field name.
+    reported_when: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    @property
+    def diagnostic_names(self) -> tuple[str, ...]:
+        """Names of the scalar diagnostics this filter, as configured, reports (the run file's variables)."""
+        return self.reported + tuple(name for name, switch in self.reported_when.items() if getattr(self, switch))
 
     @abstractmethod
     def analysis(
@@ -42,8 +74,7 @@ class Filter(ABC):
         *,
         previous: torch.Tensor | None = None,
         generator: torch.Generator,
-        diagnostics: dict[str, float] | None = None,
-    ) -> torch.Tensor:
+    ) -> Analysis:
         """Turn a forecast ensemble into an analysis ensemble.
 
         Parameters
@@ -59,12 +90,11 @@ class Filter(ABC):
             The previous analysis ensemble, same shape as ``forecast`` (paths that need it).
         generator:
             The only source of randomness, on the forecast's device.
-        diagnostics:
-            If given, the filter stores its scalar diagnostics (``diagnostic_names``) in it.
 
         Returns
         -------
-        The analysis ensemble, a new tensor shaped like ``forecast``.
+        :class:`Analysis`: the analysis ensemble, a new tensor shaped like ``forecast``, and the
+        diagnostics named in :attr:`diagnostic_names`.
         """
 
 

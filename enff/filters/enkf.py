@@ -9,8 +9,9 @@ import torch
 
 from enff.observations.space import ObservationSpace
 
-from ._ensemble import EnsembleFilter, ObservedEnsemble, ensemble_precision
 from .base import register
+from .ensemble_space import ObservedEnsemble, ensemble_precision
+from .kalman import EnsembleKalmanFilter
 from .localization import check_radius, covariance_tapers
 
 __all__ = ["EnKF"]
@@ -23,7 +24,7 @@ def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 @register("enkf")
 @dataclass(frozen=True)
-class EnKF(EnsembleFilter):
+class EnKF(EnsembleKalmanFilter):
     """EnKF with perturbed observations (Burgers et al., 1998; Houtekamer and Mitchell, 1998).
 
     Every member is updated with the Kalman gain of the ensemble covariance toward its own perturbed
@@ -38,8 +39,8 @@ class EnKF(EnsembleFilter):
     ----------
     radius:
         Gaspari-Cohn half-width in model length units; ``None`` or ``inf`` = no localization.
-    inflation, rtps:
-        See :class:`~enff.filters._ensemble.EnsembleFilter`.
+    inflation, rtps, adaptive_obs_error:
+        See :class:`~enff.filters.kalman.EnsembleKalmanFilter`.
     """
 
     radius: float | None = None
@@ -48,15 +49,9 @@ class EnKF(EnsembleFilter):
         super().__post_init__()
         check_radius(self.radius)
 
-    def _update(
-        self,
-        members: torch.Tensor,
-        observed: ObservedEnsemble,
-        obs: ObservationSpace,
-        *,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+    def _kalman_update(
+        self, members: torch.Tensor, observed: ObservedEnsemble, obs: ObservationSpace, *, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         n, p = observed.anomalies.shape
         scaled = observed.anomalies
         noise = torch.randn(scaled.shape, generator=generator, device=scaled.device, dtype=scaled.dtype)
@@ -65,11 +60,11 @@ class EnKF(EnsembleFilter):
         localized = not math.isinf(check_radius(self.radius))
         if not localized and p > n:
             weights = _solve_spd(ensemble_precision(scaled.T), scaled @ innovations.T)
-            return members + weights.T @ anomalies
+            return members + weights.T @ anomalies, {}
         innovation_cov = scaled.T @ scaled / (n - 1)
         cross_cov = anomalies.T @ scaled / (n - 1)
         if localized:
             state_obs, obs_obs = covariance_tapers(obs, self.radius).tensors(members.device, members.dtype)
             innovation_cov, cross_cov = obs_obs * innovation_cov, state_obs * cross_cov
         innovation_cov += torch.eye(p, dtype=scaled.dtype, device=scaled.device)
-        return members + (cross_cov @ _solve_spd(innovation_cov, innovations.T)).T
+        return members + (cross_cov @ _solve_spd(innovation_cov, innovations.T)).T, {}

@@ -12,8 +12,7 @@ Registered filters: ``enff-ot`` (conditional optimal-transport path, Gaussian so
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -21,14 +20,15 @@ import torch
 from enff.models.base import check_positive_int
 from enff.observations.space import ObservationSpace
 
-from .base import Filter, register
-from .guidance import Guidance, make_guidance
-from .inflation import check_inflation, multiplicative_inflation
+from .base import register
+from .generative import GenerativeFilter
+from .guidance import Guidance, Schedule, build_guidance
+from .inflation import check_inflation
 from ..integrate import SAMPLERS, integrate
 from .paths import F2PPath, OTPath, ProbabilityPath
 from .velocity import marginal_velocity, weight_summary
 
-__all__ = ["FlowResult", "flow_analysis", "GenerativeFilter", "EnsembleFlowFilter", "EnFFOT", "EnFFF2P"]
+__all__ = ["FlowResult", "flow_analysis", "EnsembleFlowFilter", "EnFFOT", "EnFFF2P"]
 
 
 @dataclass(frozen=True)
@@ -109,64 +109,6 @@ def flow_analysis(
     return FlowResult(particles, float(torch.stack(largest).mean()), distinct)
 
 
-def _check_ensemble_like(name: str, ensemble: torch.Tensor, obs: ObservationSpace) -> None:
-    if ensemble.ndim != 1 + len(obs.state_shape) or tuple(ensemble.shape[1:]) != tuple(obs.state_shape):
-        raise ValueError(
-            f"{name} must have shape (member, {', '.join(map(str, obs.state_shape))}), got {tuple(ensemble.shape)}"
-        )
-    if ensemble.shape[0] < 2 or not ensemble.is_floating_point():
-        raise ValueError(
-            f"{name} must be a floating ensemble of at least 2 members, got {tuple(ensemble.shape)} {ensemble.dtype}"
-        )
-
-
-class GenerativeFilter(Filter):
-    """Template of the generative filters: mask, inflate, flatten, transport, reshape.
-
-    Subclasses are frozen dataclasses with an ``inflation`` field (multiplicative factor on the forecast
-    anomalies, 1 = none) and implement :meth:`_transport` on flat ``(member, d)`` ensembles.
-    """
-
-    inflation: float
-
-    def analysis(
-        self,
-        forecast: torch.Tensor,
-        y: torch.Tensor,
-        obs: ObservationSpace,
-        *,
-        previous: torch.Tensor | None = None,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None = None,
-    ) -> torch.Tensor:
-        _check_ensemble_like("forecast", forecast, obs)
-        if previous is not None and previous.shape != forecast.shape:
-            raise ValueError(
-                f"previous must be shaped like forecast {tuple(forecast.shape)}, got {tuple(previous.shape)}"
-            )
-        inflated = multiplicative_inflation(forecast, self.inflation)
-        if not bool(torch.isfinite(y).any()):
-            return inflated  # every observation missing: nothing to assimilate
-        y, obs = obs.observed(y)
-        prior = inflated.reshape(forecast.shape[0], -1)
-        flat_previous = None if previous is None else previous.reshape(forecast.shape[0], -1)
-        members = self._transport(prior, flat_previous, y, obs, generator=generator, diagnostics=diagnostics)
-        return members.reshape(forecast.shape)
-
-    @abstractmethod
-    def _transport(
-        self,
-        x1: torch.Tensor,
-        previous: torch.Tensor | None,
-        y: torch.Tensor,
-        obs: ObservationSpace,
-        *,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
-        """Analysis of the inflated forecast ``x1`` ``(N, d)`` given finite ``y``; returns ``(N, d)``."""
-
-
 @dataclass(frozen=True)
 class EnsembleFlowFilter(GenerativeFilter):
     """EnFF hyper-parameters (the case file's ``[filter]`` keys) and analysis.
@@ -178,7 +120,8 @@ class EnsembleFlowFilter(GenerativeFilter):
     sigma_min:
         Smallest standard deviation of the conditional paths, in state units, in ``(0, 1)``.
     guidance:
-        ``"local"``, ``"mc"`` (exact Monte Carlo re-weighting) or ``"none"``.
+        A name in :attr:`guidance_kinds`: ``"local"``, ``"mc"`` (exact Monte Carlo re-weighting) or ``"none"``
+        (:mod:`enff.filters.guidance`).
     guidance_scale:
         ``lambda`` of local guidance (>= 0).
     guidance_schedule:
@@ -187,23 +130,29 @@ class EnsembleFlowFilter(GenerativeFilter):
         ``"euler"`` or ``"heun"``.
     inflation:
         Multiplicative factor on the forecast anomalies before the analysis (1 = none).
+    guide:
+        The guidance object these keys describe, built once with the filter (not a key).
     """
 
-    diagnostic_names: ClassVar[tuple[str, ...]] = ("max_weight", "distinct_members")
+    reported: ClassVar[tuple[str, ...]] = ("max_weight", "distinct_members")
     path_type: ClassVar[type[ProbabilityPath]]
+    #: Guidance names this filter accepts.
+    guidance_kinds: ClassVar[tuple[str, ...]] = ("local", "mc", "none")
 
     steps: int = 20
     sigma_min: float = 1e-2
     guidance: str = "local"
     guidance_scale: float = 0.05
-    guidance_schedule: str = "constant"
+    guidance_schedule: Schedule = "constant"
     sampler: str = "euler"
     inflation: float = 1.0
+    guide: Guidance = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_positive_int("steps", self.steps)
         self.path()
-        self.guide()
+        object.__setattr__(self, "guide", build_guidance(self.guidance, self.guidance_kinds,
+                                                         scale=self.guidance_scale, schedule=self.guidance_schedule))
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         check_inflation(self.inflation)
@@ -211,10 +160,6 @@ class EnsembleFlowFilter(GenerativeFilter):
     def path(self) -> ProbabilityPath:
         """The probability path with this filter's ``sigma_min``."""
         return self.path_type(sigma_min=self.sigma_min)
-
-    def guide(self) -> Guidance:
-        """The guidance object described by ``guidance``, ``guidance_scale`` and ``guidance_schedule``."""
-        return make_guidance(self.guidance, self.guidance_scale, self.guidance_schedule)
 
     def _source_members(self, x1: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor | None:
         """Paired source members ``x0`` for the path (``None`` for unpaired paths)."""
@@ -228,18 +173,14 @@ class EnsembleFlowFilter(GenerativeFilter):
         obs: ObservationSpace,
         *,
         generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         path = self.path()
         x0 = self._source_members(x1, previous)
         source = path.sample_source(x1, x0, generator)
         result = flow_analysis(
-            path, source, x1, y, obs, guidance=self.guide(), steps=self.steps, sampler=self.sampler, x0=x0
+            path, source, x1, y, obs, guidance=self.guide, steps=self.steps, sampler=self.sampler, x0=x0
         )
-        if diagnostics is not None:
-            diagnostics["max_weight"] = result.max_weight
-            diagnostics["distinct_members"] = float(result.distinct_members)
-        return result.particles
+        return result.particles, {"max_weight": result.max_weight, "distinct_members": float(result.distinct_members)}
 
 
 @register("enff-ot")
@@ -261,7 +202,6 @@ class EnFFF2P(EnsembleFlowFilter):
     """
 
     path_type: ClassVar[type[ProbabilityPath]] = F2PPath
-    needs_previous: ClassVar[bool] = True
 
     def _source_members(self, x1: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor | None:
         return x1 if previous is None else previous.to(dtype=x1.dtype)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable
 
 import torch
 
@@ -42,9 +42,9 @@ from enff.models.base import check_positive_int
 from enff.observations.space import ObservationSpace
 
 from .base import register
-from .ensemble_flow import GenerativeFilter
-from .guidance import likelihood_gradient, member_blocks
+from .generative import GenerativeFilter
 from .inflation import check_inflation
+from .likelihood import likelihood_gradient, member_blocks
 from ..integrate import euler_maruyama, integrate
 from .velocity import mixture_weights, squared_distances
 
@@ -146,8 +146,6 @@ class EnSF(GenerativeFilter):
         Multiplicative factor on the forecast anomalies before the analysis (1 = none).
     """
 
-    diagnostic_names: ClassVar[tuple[str, ...]] = ()
-
     steps: int = 50
     eps_alpha: float = 0.05
     eps_beta: float = 0.0
@@ -182,11 +180,10 @@ class EnSF(GenerativeFilter):
         obs: ObservationSpace,
         *,
         generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         schedule = self.schedule()
         return self._reverse(schedule, x1, y, obs, lambda x, t: prior_score(schedule, t, x, x1, self.score),
-                             generator=generator)
+                             generator=generator), {}
 
     def _reverse(self, schedule: VPSchedule, x1: torch.Tensor, y: torch.Tensor, obs: ObservationSpace,
                  prior: Callable[[torch.Tensor, float], torch.Tensor], *, generator: torch.Generator) -> torch.Tensor:

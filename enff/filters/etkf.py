@@ -8,15 +8,16 @@ import torch
 
 from enff.observations.space import ObservationSpace
 
-from ._ensemble import EnsembleFilter, ObservedEnsemble, square_root_update
 from .base import register
+from .ensemble_space import ObservedEnsemble, square_root_update
+from .kalman import EnsembleKalmanFilter
 
 __all__ = ["ETKF"]
 
 
 @register("etkf")
 @dataclass(frozen=True)
-class ETKF(EnsembleFilter):
+class ETKF(EnsembleKalmanFilter):
     """Global ETKF (Bishop et al., 2001; Hunt et al., 2007) with the symmetric, mean-preserving square root.
 
     The analysis is computed in the ``N``-dimensional ensemble space: ``O(N^2 (d + p) + N^3)`` work
@@ -25,18 +26,12 @@ class ETKF(EnsembleFilter):
 
     Attributes
     ----------
-    inflation, rtps:
-        See :class:`~enff.filters._ensemble.EnsembleFilter`.
+    inflation, rtps, adaptive_obs_error:
+        See :class:`~enff.filters.kalman.EnsembleKalmanFilter`.
     """
 
-    def _update(
-        self,
-        members: torch.Tensor,
-        observed: ObservedEnsemble,
-        obs: ObservationSpace,
-        *,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+    def _kalman_update(
+        self, members: torch.Tensor, observed: ObservedEnsemble, obs: ObservationSpace, *, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         mean = members.mean(dim=0)
-        return mean + square_root_update(observed.anomalies.T, observed.innovation, members - mean)
+        return mean + square_root_update(observed.anomalies.T, observed.innovation, members - mean), {}

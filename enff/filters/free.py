@@ -8,7 +8,7 @@ import torch
 
 from enff.observations.space import ObservationSpace
 
-from .base import Filter, register
+from .base import Analysis, Filter, register
 
 __all__ = ["FreeRun"]
 
@@ -26,6 +26,5 @@ class FreeRun(Filter):
         *,
         previous: torch.Tensor | None = None,
         generator: torch.Generator,
-        diagnostics: dict[str, float] | None = None,
-    ) -> torch.Tensor:
-        return forecast.clone()
+    ) -> Analysis:
+        return Analysis(forecast.clone())

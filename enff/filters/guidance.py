@@ -2,9 +2,11 @@
 
 ``E(x) = |y - h(x)|^2 / (2 s^2)`` is the observation negative log-likelihood
 (:meth:`ObservationSpace.neg_log_likelihood`; missing observations must be dropped with
-``obs.observed(y)`` beforehand). Three kinds, selected by name in :func:`make_guidance`:
+``obs.observed(y)`` beforehand). A guidance is one frozen object, registered in :data:`GUIDANCE` under the
+name case files use (``guidance = "..."``); a flow filter builds it once from its keys
+(:func:`build_guidance`):
 
-``"local"``
+``"local"`` (:class:`LocalGuidance`)
     The predicted end point of a particle at flow time ``t`` is ``xh = x + (1 - t) v(x)``; the guidance
     force is ``g = -lambda(t) grad E(xh)``, the gradient of ``E`` taken *at* ``xh`` with respect to
     ``xh``. It is **not** back-propagated through ``v`` (that is, ``d xh / d x`` is taken as the
@@ -12,12 +14,14 @@
     adjoint, and avoids differentiating the ``P x M`` weight matrix. The schedule ``lambda(t)`` is
     ``lambda`` (``"constant"``) or ``lambda * t`` (``"linear"``, no pull while the particles are still
     source noise).
-``"mc"``
+``"mc"`` (:class:`MonteCarloGuidance`)
     Monte Carlo (exact) guidance: each member's conditional path is re-weighted by the likelihood of its
     end point, ``l_j = -E(x1[j])``, inside the softmax of the marginal velocity. The flow then transports
     the source to the posterior mixture ``sum_j exp(-E(x1[j])) N(x1[j], sigma_1^2 I)``: with few members
     this is likelihood-weighted resampling of the forecast.
-``"none"``
+``"kalman"`` (:class:`KalmanGuidance`)
+    The Gaussian-posterior guide of the localized optimal-transport flow (:mod:`enff.filters.kalman_guidance`).
+``"none"`` (:class:`NoGuidance`)
     The flow reproduces the forecast distribution.
 """
 
@@ -25,74 +29,38 @@ from __future__ import annotations
 
 import math
 from abc import ABC
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from types import MappingProxyType
+from typing import Any, Literal, get_args
 
 import torch
 
 from enff.observations.space import ObservationSpace
+from enff.registry import Registry
+
+from .likelihood import likelihood_gradient, member_blocks, states
 
 __all__ = [
-    "GUIDANCE_KINDS",
+    "GUIDANCE",
     "SCHEDULES",
     "Guidance",
-    "NoGuidance",
+    "KalmanGuidance",
     "LocalGuidance",
     "MonteCarloGuidance",
-    "likelihood_gradient",
-    "member_blocks",
-    "make_guidance",
+    "NoGuidance",
+    "Schedule",
+    "build_guidance",
 ]
 
-#: Elements (members x state) per block of the guidance evaluation. Its temporaries then stay small
-#: enough to be recycled by the allocator instead of being freshly mapped (and page-faulted) on every
-#: call, which dominated the cost of an unblocked evaluation at d = 1e6 on CPU.
-BLOCK_ELEMENTS = 1 << 21
+#: Time profiles of the local guidance strength.
+Schedule = Literal["constant", "linear"]
 
-#: Names accepted by :func:`make_guidance`.
-GUIDANCE_KINDS = ("local", "mc", "none")
-
-#: Time profile of the local guidance strength: ``lambda(t) = scale * SCHEDULES[name](t)``.
-SCHEDULES: dict[str, Callable[[float], float]] = {
+#: ``lambda(t) = scale * SCHEDULES[schedule](t)``.
+SCHEDULES: Mapping[Schedule, Callable[[float], float]] = MappingProxyType({
     "constant": lambda t: 1.0,
     "linear": lambda t: t,
-}
-
-
-def _states(x: torch.Tensor, obs: ObservationSpace) -> torch.Tensor:
-    """View flat particles ``(P, d)`` as ``(P, *state_shape)`` for the observation operator."""
-    return x.reshape(x.shape[0], *obs.state_shape)
-
-
-def likelihood_gradient(x: torch.Tensor, y: torch.Tensor, obs: ObservationSpace) -> torch.Tensor:
-    """``grad_x E(x)`` for every particle, by a vector-Jacobian product through the observation operator.
-
-    Parameters
-    ----------
-    x:
-        Particles, shape ``(P, d)`` with ``d = prod(obs.state_shape)``.
-    y:
-        Finite observations, shape ``(n_obs,)``.
-    obs:
-        Observation space matching ``y`` (``obs.observed(y)`` already applied).
-
-    Returns
-    -------
-    Gradient of shape ``(P, d)``, dtype of ``x``, per state unit (``E`` is dimensionless).
-    """
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        hx = obs.h(_states(leaf, obs))
-        # grad E = J_h^T (h(x) - y) / s^2: one vector-Jacobian product through h, no graph for E itself
-        weighted = (hx.detach() - y.to(hx.dtype)).div_(obs.std.to(hx.dtype) ** 2)
-        (grad,) = torch.autograd.grad(hx, leaf, grad_outputs=weighted)
-    return grad
-
-
-def member_blocks(n_members: int, d: int) -> list[slice]:
-    """Consecutive slices of the member axis with about :data:`BLOCK_ELEMENTS` elements each (>= 1 member)."""
-    rows = max(1, BLOCK_ELEMENTS // max(d, 1))
-    return [slice(start, start + rows) for start in range(0, n_members, rows)]
+})
 
 
 class Guidance(ABC):
@@ -114,11 +82,17 @@ class Guidance(ABC):
         return velocity
 
 
+#: Guidance name (the case files' ``guidance`` key) -> guidance class.
+GUIDANCE: Registry[type[Guidance]] = Registry("guidance")
+
+
+@GUIDANCE.register("none")
 @dataclass(frozen=True)
 class NoGuidance(Guidance):
     """No guidance: the flow samples the forecast distribution."""
 
 
+@GUIDANCE.register("local")
 @dataclass(frozen=True)
 class LocalGuidance(Guidance):
     """``g = -lambda(t) grad E(xh)`` at the predicted end point ``xh = x + (1 - t) v(x)``.
@@ -126,19 +100,20 @@ class LocalGuidance(Guidance):
     Attributes
     ----------
     scale:
-        ``lambda`` (>= 0), in state units^2 per unit flow time (``E`` is dimensionless).
+        ``lambda`` (>= 0), in state units^2 per unit flow time (``E`` is dimensionless); the case files'
+        ``guidance_scale``.
     schedule:
-        A key of :data:`SCHEDULES`.
+        ``"constant"`` or ``"linear"`` (:data:`SCHEDULES`); the case files' ``guidance_schedule``.
     """
 
     scale: float
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale >= 0):
             raise ValueError(f"guidance_scale must be finite and >= 0, got {self.scale!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"guidance_schedule must be one of {tuple(SCHEDULES)}, got {self.schedule!r}")
+            raise ValueError(f"guidance_schedule must be one of {get_args(Schedule)}, got {self.schedule!r}")
 
     def strength(self, t: float) -> float:
         """``lambda(t)``."""
@@ -156,6 +131,7 @@ class LocalGuidance(Guidance):
         return velocity
 
 
+@GUIDANCE.register("mc")
 @dataclass(frozen=True)
 class MonteCarloGuidance(Guidance):
     """Exact Monte Carlo guidance: member ``j`` is weighted by its likelihood ``exp(-E(x1[j]))``."""
@@ -164,15 +140,33 @@ class MonteCarloGuidance(Guidance):
         self, x1: torch.Tensor, y: torch.Tensor, obs: ObservationSpace
     ) -> torch.Tensor | None:
         with torch.no_grad():
-            return -obs.neg_log_likelihood(_states(x1, obs), y)
+            return -obs.neg_log_likelihood(states(x1, obs), y)
 
 
-def make_guidance(kind: str, scale: float = 0.0, schedule: str = "constant") -> Guidance:
-    """The guidance named ``kind`` (one of :data:`GUIDANCE_KINDS`); ``scale``/``schedule`` are for ``"local"``."""
-    if kind == "local":
-        return LocalGuidance(scale=scale, schedule=schedule)
-    if kind == "mc":
-        return MonteCarloGuidance()
-    if kind == "none":
-        return NoGuidance()
-    raise ValueError(f"guidance must be one of {GUIDANCE_KINDS}, got {kind!r}")
+@GUIDANCE.register("kalman")
+@dataclass(frozen=True)
+class KalmanGuidance(Guidance):
+    """Covariance-aware guidance: the Gaussian-posterior guide, exact for a Gaussian prior and linear observations.
+
+    It acts inside the localized optimal-transport flow (:func:`enff.filters.local_flow.local_flow_analysis`),
+    which prepares a :class:`~enff.filters.kalman_guidance.KalmanGuide` from the forecast once per analysis.
+    """
+
+
+def build_guidance(kind: str, kinds: tuple[str, ...], **keys: Any) -> Guidance:
+    """The guidance ``kind`` built from a filter's flat keys, once per filter.
+
+    Parameters
+    ----------
+    kind:
+        The filter's ``guidance`` key, one of ``kinds``.
+    kinds:
+        The guidance names the filter supports (registered in :data:`GUIDANCE`).
+    keys:
+        The filter's guidance parameters named as the guidance fields (``scale``, ``schedule``); each kind
+        takes those it has and ignores the others, as the flat case-file keys always did.
+    """
+    if kind not in kinds:
+        raise ValueError(f"guidance must be one of {kinds}, got {kind!r}")
+    accepted = GUIDANCE.keys_of(kind)
+    return GUIDANCE.build(kind, **{name: value for name, value in keys.items() if name in accepted})

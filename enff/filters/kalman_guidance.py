@@ -44,7 +44,7 @@ import torch
 
 from enff.observations.space import ObservationSpace
 
-from ._ensemble import observe
+from .ensemble_space import observe
 from .localization import local_observations
 from .local_weights import BLOCK_ELEMENTS
 from .spatial_taper import SpatialLayout, SpatialTaper

@@ -18,7 +18,7 @@ import torch
 
 from enff.observations.space import ObservationSpace
 
-from .base import Filter, register
+from .base import Analysis, Filter, register
 
 if TYPE_CHECKING:
     from enff.amortized import Posterior
@@ -63,8 +63,7 @@ class LearnedAnalysis(Filter):
         *,
         previous: torch.Tensor | None = None,
         generator: torch.Generator,
-        diagnostics: dict[str, float] | None = None,
-    ) -> torch.Tensor:
+    ) -> Analysis:
         from enff.amortized.analysis import analysis_context
 
         if not bool(torch.isfinite(y).all()):
@@ -81,4 +80,4 @@ class LearnedAnalysis(Filter):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         cpu_generator = torch.Generator().manual_seed(seed)
         draws = posterior.sample(members, context.reshape(1, -1).float().cpu(), generator=cpu_generator)
-        return draws.reshape(members, *state_shape).to(device=forecast.device, dtype=forecast.dtype)
+        return Analysis(draws.reshape(members, *state_shape).to(device=forecast.device, dtype=forecast.dtype))

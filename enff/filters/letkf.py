@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar
 
 import torch
 
 from enff.observations.space import ObservationSpace
 
-from ._ensemble import ObservedEnsemble, square_root_update_and_weights
 from .base import register
+from .ensemble_space import ObservedEnsemble, square_root_update_and_weights
 from .etkf import ETKF
 from .localization import check_radius, local_observations
 from .step_length import best_step_lengths
@@ -45,8 +47,11 @@ class LETKF(ETKF):
         linear ones. Needs a finite radius and a pointwise operator (every shipped one); the diagnostic
         ``shortened_steps`` is the fraction of local analyses whose step was shortened.
     inflation, rtps, adaptive_obs_error:
-        See :class:`~enff.filters._ensemble.EnsembleFilter`.
+        See :class:`~enff.filters.kalman.EnsembleKalmanFilter`.
     """
+
+    reported_when: ClassVar[Mapping[str, str]] = MappingProxyType({**ETKF.reported_when,
+                                                                   "shortened_steps": "line_search"})
 
     radius: float | None = None
     line_search: bool = False
@@ -59,22 +64,11 @@ class LETKF(ETKF):
         if self.line_search and math.isinf(radius):
             raise ValueError("line_search needs a finite radius (it chooses one step per local analysis)")
 
-    @property
-    def diagnostic_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        """The ensemble filters' diagnostics, plus ``shortened_steps`` with the line search."""
-        return super().diagnostic_names + (("shortened_steps",) if self.line_search else ())
-
-    def _update(
-        self,
-        members: torch.Tensor,
-        observed: ObservedEnsemble,
-        obs: ObservationSpace,
-        *,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+    def _kalman_update(
+        self, members: torch.Tensor, observed: ObservedEnsemble, obs: ObservationSpace, *, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         if math.isinf(check_radius(self.radius, required=True)):
-            return super()._update(members, observed, obs, generator=generator, diagnostics=diagnostics)
+            return super()._kalman_update(members, observed, obs, generator=generator)
         mean = members.mean(dim=0)
         anomalies = members - mean
         scaled = observed.anomalies.T  # (p, N)
@@ -99,9 +93,9 @@ class LETKF(ETKF):
                 shortened += int((length < 1).sum())
                 update = update + (length.to(update.dtype) - 1) * update.mean(dim=0)
             analysis[:, elements] = mean[elements] + update
-        if pointwise is not None and diagnostics is not None:
-            diagnostics["shortened_steps"] = shortened / max(1, active.shape[0])
-        return analysis
+        if pointwise is None:
+            return analysis, {}
+        return analysis, {"shortened_steps": shortened / max(1, active.shape[0])}
 
     def _line_search_inputs(self, obs: ObservationSpace, device: torch.device
                             ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, torch.Tensor | None]:

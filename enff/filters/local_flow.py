@@ -37,9 +37,9 @@ import torch
 from enff.observations.base import ObservationOperator, flatten_members
 from enff.observations.space import ObservationSpace
 
-from .base import register
+from .base import Analysis, register
 from .ensemble_flow import EnFFF2P, EnFFOT, EnsembleFlowFilter
-from .guidance import LocalGuidance, make_guidance
+from .guidance import Guidance, KalmanGuidance, MonteCarloGuidance
 from .inflation import check_rtps, multiplicative_inflation, rtps
 from .kalman_guidance import KalmanGuide
 from .localization import check_radius
@@ -48,13 +48,10 @@ from ..integrate import integrate
 from .paths import ProbabilityPath
 from .spatial_taper import SpatialLayout, spatial_taper
 
-__all__ = ["LocalGuidanceKind", "LocalFlowResult", "local_flow_analysis", "LocalEnsembleFlowFilter", "LEnFFOT",
+__all__ = ["LocalFlowResult", "local_flow_analysis", "LocalEnsembleFlowFilter", "LEnFFOT",
            "LEnFFF2P", "LOCAL_DIAGNOSTICS", "FlowCoordinates", "SpreadRelaxation",
            "Standardized", "standardize",
            "combine_stats"]
-
-#: Guidance kinds of the localized flow filters.
-LocalGuidanceKind = Literal["local", "mc", "kalman", "none"]
 
 #: Coordinates the localized flow runs in (see :class:`LocalEnsembleFlowFilter`).
 FlowCoordinates = Literal["state", "standardized"]
@@ -99,11 +96,10 @@ def local_flow_analysis(
     obs: ObservationSpace,
     *,
     radius: float,
-    guidance: LocalGuidanceKind,
+    guidance: Guidance,
     steps: int,
     sampler: str = "euler",
     x0: torch.Tensor | None = None,
-    gradient_guidance: LocalGuidance | None = None,
 ) -> LocalFlowResult:
     """Transport ``source`` particles ``(P, d)`` to the analysis with localized weights.
 
@@ -122,15 +118,15 @@ def local_flow_analysis(
     radius:
         Gaspari-Cohn half-width of the weights (and of the kalman guide), model length units.
     guidance:
-        One of :data:`LocalGuidanceKind`.
+        Monte Carlo guidance weighs the members per point by their tapered local likelihood, Kalman guidance
+        adds the shift of the Gaussian-posterior guide, any other guidance adds its force
+        (:meth:`~enff.filters.guidance.Guidance.add_force`).
     steps:
         ``S``, the number of velocity evaluations.
     sampler:
         ``"euler"`` or ``"heun"``.
     x0:
         Paired source members ``(M, d)`` for paired paths.
-    gradient_guidance:
-        The gradient guidance, required with ``guidance = "local"``.
 
     Returns
     -------
@@ -142,9 +138,9 @@ def local_flow_analysis(
     sources = layout.split(x0) if path.paired else None
     values = (members,) if sources is None else (members, sources)
     log_prior = None
-    if guidance == "mc":
+    if isinstance(guidance, MonteCarloGuidance):
         log_prior = local_log_likelihood(layout, taper, squared_residuals(x1, y, obs), obs)
-    guide = KalmanGuide.prepare(x1, y, obs, layout, taper, radius) if guidance == "kalman" else None
+    guide = KalmanGuide.prepare(x1, y, obs, layout, taper, radius) if isinstance(guidance, KalmanGuidance) else None
     history: list[WeightStats] = []
 
     def field(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -161,8 +157,8 @@ def local_flow_analysis(
             velocity.add_(mixture.averages[1].reshape(x.shape), alpha=db - rate * b)
         if guide is not None:
             velocity.add_(guide.shift(endpoint, t, sigma), alpha=1.0 / sigma)
-        elif gradient_guidance is not None:
-            gradient_guidance.add_force(velocity, x, t, y, obs)
+        else:
+            guidance.add_force(velocity, x, t, y, obs)
         return velocity
 
     particles = integrate(field, source, evaluations=steps, method=sampler)
@@ -210,14 +206,13 @@ class SpreadRelaxation:
     inflation: float
 
     def analysis(self, forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace, *,
-                 previous: torch.Tensor | None = None, generator: torch.Generator,
-                 diagnostics: dict[str, float] | None = None) -> torch.Tensor:
+                 previous: torch.Tensor | None = None, generator: torch.Generator) -> Analysis:
         """The analysis of the generative filter, its spread relaxed toward the inflated forecast's."""
-        result = super().analysis(forecast, y, obs, previous=previous, generator=generator,  # type: ignore[misc]
-                                  diagnostics=diagnostics)
+        result = super().analysis(forecast, y, obs, previous=previous, generator=generator)  # type: ignore[misc]
         if self.rtps == 0.0:
             return result
-        return rtps(multiplicative_inflation(forecast, self.inflation), result, self.rtps)
+        return replace(result, ensemble=rtps(multiplicative_inflation(forecast, self.inflation), result.ensemble,
+                                             self.rtps))
 
 
 @dataclass(frozen=True)
@@ -229,7 +224,7 @@ class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
     radius:
         Gaspari-Cohn half-width of the weights in model length units (required; ``inf`` = global weights).
     guidance:
-        ``"local"``, ``"mc"``, ``"kalman"`` or ``"none"`` (see the module docstring).
+        ``"local"``, ``"mc"``, ``"kalman"`` or ``"none"`` (see the module docstring; :attr:`guidance_kinds`).
     rtps:
         Relaxation of the analysis spread to the prior spread, in ``[0, 1]`` (0 = none; see
         :func:`~enff.filters.inflation.rtps`).
@@ -246,10 +241,10 @@ class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
         ``guidance_scale`` and ``guidance_schedule`` only matter for ``"local"`` guidance.
     """
 
-    diagnostic_names: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
+    reported: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
+    guidance_kinds: ClassVar[tuple[str, ...]] = ("local", "mc", "kalman", "none")
 
     radius: float | None = None
-    guidance: LocalGuidanceKind = "local"  # type: ignore[assignment]
     rtps: float = 0.0
     coordinates: FlowCoordinates = "state"
 
@@ -258,18 +253,11 @@ class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
         check_rtps(self.rtps)
         if self.coordinates not in get_args(FlowCoordinates):
             raise ValueError(f"coordinates must be one of {get_args(FlowCoordinates)}, got {self.coordinates!r}")
-        if self.guidance not in get_args(LocalGuidanceKind):
-            raise ValueError(f"guidance must be one of {get_args(LocalGuidanceKind)}, got {self.guidance!r}")
-        if self.guidance == "kalman" and self.path_type.paired:
+        super().__post_init__()
+        if isinstance(self.guide, KalmanGuidance) and self.path_type.paired:
             raise ValueError("guidance = \"kalman\" needs the unpaired optimal-transport path (lenff-ot): on the "
                              "paired F2P path the ensemble-space covariance of the end point given the flow "
                              "position vanishes")
-        super().__post_init__()
-
-    def guide(self):  # type: ignore[override]
-        """The gradient guidance for ``"local"``; the other kinds are applied inside the localized flow."""
-        return make_guidance("local" if self.guidance == "local" else "none", self.guidance_scale,
-                             self.guidance_schedule)
 
     def _transport(
         self,
@@ -279,8 +267,7 @@ class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
         obs: ObservationSpace,
         *,
         generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         path = self.path()
         x0 = self._source_members(x1, previous)
         change = standardize(x1) if self.coordinates == "standardized" else None
@@ -289,16 +276,12 @@ class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
             x0 = None if x0 is None else (x0 - change.mean) / change.scale
             obs = replace(obs, operator=change | obs.operator)
         source = path.sample_source(x1, x0, generator)
-        gradient = self.guide()
         result = local_flow_analysis(
-            path, source, x1, y, obs, radius=check_radius(self.radius, required=True), guidance=self.guidance,
+            path, source, x1, y, obs, radius=check_radius(self.radius, required=True), guidance=self.guide,
             steps=self.steps, sampler=self.sampler, x0=x0,
-            gradient_guidance=gradient if isinstance(gradient, LocalGuidance) else None,
         )
         particles = result.particles if change is None else torch.addcmul(change.mean, result.particles, change.scale)
-        if diagnostics is not None:
-            diagnostics.update(result.stats.as_diagnostics())
-        return particles
+        return particles, result.stats.as_diagnostics()
 
 
 @register("lenff-ot")

@@ -20,12 +20,13 @@ import torch
 
 from enff.observations.space import ObservationSpace
 
-from ._ensemble import EnsembleFilter, ObservedEnsemble
 from .base import register
+from .ensemble_space import observe
 from .local_flow import LOCAL_DIAGNOSTICS
 from .local_weights import WeightStats, local_log_likelihood, point_weight_stats
 from .localization import check_radius
 from .spatial_taper import SpatialLayout, spatial_taper
+from .template import EnsembleFilter
 
 __all__ = ["LocalPF", "local_systematic_resample"]
 
@@ -66,10 +67,10 @@ class LocalPF(EnsembleFilter):
     jitter:
         Standard deviation of isotropic Gaussian noise added after resampling, state units (0 = none).
     inflation, rtps:
-        See :class:`~enff.filters._ensemble.EnsembleFilter` (RTPS relaxes toward the inflated forecast spread).
+        See :class:`~enff.filters.template.EnsembleFilter` (RTPS relaxes toward the inflated forecast spread).
     """
 
-    diagnostic_names: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
+    reported: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
 
     radius: float | None = None
     jitter: float = 0.0
@@ -77,20 +78,13 @@ class LocalPF(EnsembleFilter):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_radius(self.radius, required=True)
-        if self.adaptive_obs_error:
-            raise ValueError("adaptive_obs_error belongs to the Kalman filters (etkf, enkf, letkf)")
         if not (math.isfinite(float(self.jitter)) and self.jitter >= 0):
             raise ValueError(f"jitter must be a finite number >= 0, got {self.jitter!r}")
 
     def _update(
-        self,
-        members: torch.Tensor,
-        observed: ObservedEnsemble,
-        obs: ObservationSpace,
-        *,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+        self, members: torch.Tensor, y: torch.Tensor, obs: ObservationSpace, *, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        observed = observe(members.reshape(members.shape[0], *obs.state_shape), y, obs)
         layout = SpatialLayout.of(obs.grid)
         taper = spatial_taper(layout, check_radius(self.radius, required=True))
         terms = 0.5 * (observed.innovation - observed.anomalies).to(torch.float64).square()  # (M, p)
@@ -102,11 +96,9 @@ class LocalPF(EnsembleFilter):
         if self.jitter > 0:
             noise = torch.randn(analysis.shape, generator=generator, device=analysis.device, dtype=analysis.dtype)
             analysis = analysis.add_(noise, alpha=float(self.jitter))
-        if diagnostics is not None:
-            stats = point_weight_stats(weights[None])
-            distinct = self._distinct(index, weights.shape[0])
-            diagnostics.update(WeightStats(stats.max_weight, distinct, stats.ess_mean, stats.ess_min).as_diagnostics())
-        return analysis
+        stats = point_weight_stats(weights[None])
+        distinct = self._distinct(index, weights.shape[0])
+        return analysis, WeightStats(stats.max_weight, distinct, stats.ess_mean, stats.ess_min).as_diagnostics()
 
     @staticmethod
     def _distinct(index: torch.Tensor, n_members: int) -> float:

@@ -44,7 +44,7 @@ class LEnSF(SpreadRelaxation, EnSF):
         As for :class:`~enff.filters.ensemble_score.EnSF`.
     """
 
-    diagnostic_names: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
+    reported: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
 
     radius: float | None = None
     score: str = "mixture"
@@ -65,8 +65,7 @@ class LEnSF(SpreadRelaxation, EnSF):
         obs: ObservationSpace,
         *,
         generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         schedule = self.schedule()
         layout = SpatialLayout.of(obs.grid)
         taper = spatial_taper(layout, check_radius(self.radius, required=True))
@@ -80,6 +79,4 @@ class LEnSF(SpreadRelaxation, EnSF):
             return torch.add(x, mixture.averages[0].reshape(x.shape), alpha=-alpha).mul_(-1.0 / beta_sq)
 
         particles = self._reverse(schedule, x1, y, obs, prior, generator=generator)
-        if diagnostics is not None:
-            diagnostics.update(combine_stats(history).as_diagnostics())
-        return particles
+        return particles, combine_stats(history).as_diagnostics()

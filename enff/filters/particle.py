@@ -10,8 +10,9 @@ import torch
 
 from enff.observations.space import ObservationSpace
 
-from ._ensemble import EnsembleFilter, ObservedEnsemble
 from .base import register
+from .ensemble_space import ObservedEnsemble, observe
+from .template import EnsembleFilter
 
 __all__ = [
     "BootstrapPF",
@@ -193,8 +194,8 @@ class BootstrapPF(EnsembleFilter):
       ``1 + width^2``.
 
     ``jitter`` adds independent isotropic noise of a fixed std after the last stage (to the members
-    chosen by ``perturb``). The effective sample size of the full likelihood weights of the forecast is
-    ``diagnostics["ess"]``, the number of stages ``diagnostics["stages"]``.
+    chosen by ``perturb``). The diagnostics are ``ess``, the effective sample size of the full likelihood
+    weights of the forecast, and ``stages``, the number of stages.
 
     Attributes
     ----------
@@ -209,10 +210,10 @@ class BootstrapPF(EnsembleFilter):
     shrink:
         Shrink perturbed members towards the weighted mean so the kernel keeps the covariance.
     inflation, rtps:
-        See :class:`~enff.filters._ensemble.EnsembleFilter`.
+        See :class:`~enff.filters.template.EnsembleFilter`.
     """
 
-    diagnostic_names: ClassVar[tuple[str, ...]] = ("ess", "stages")
+    reported: ClassVar[tuple[str, ...]] = ("ess", "stages")
 
     jitter: float = 0.0
     regularization: float = 0.0
@@ -222,9 +223,6 @@ class BootstrapPF(EnsembleFilter):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.adaptive_obs_error:
-            raise ValueError("adaptive_obs_error belongs to the Kalman filters (etkf, enkf, letkf); "
-                             "the particle filter weighs members by the stated observation error")
         for name in ("jitter", "regularization"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
@@ -247,26 +245,18 @@ class BootstrapPF(EnsembleFilter):
             move = move + (math.sqrt(max(0.0, 1.0 - width * width)) - 1.0) * (resampled - centre)
         return move
 
-    def _unobserved(self, prior: torch.Tensor, diagnostics: dict[str, float] | None) -> torch.Tensor:
-        if diagnostics is not None:
-            diagnostics.update(ess=float(prior.shape[0]), stages=0.0)
-        return prior
+    def _unobserved_diagnostics(self, n_members: int) -> dict[str, float]:
+        return {"ess": float(n_members), "stages": 0.0}
 
     def _update(
-        self,
-        members: torch.Tensor,
-        observed: ObservedEnsemble,
-        obs: ObservationSpace,
-        *,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
+        self, members: torch.Tensor, y: torch.Tensor, obs: ObservationSpace, *, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         n = members.shape[0]
         bandwidth = self.regularization * n ** (-1.0 / (members.shape[1] + 4))
+        observed = observe(members.reshape(n, *obs.state_shape), y, obs)
         loglik = log_likelihood(observed)
         std = obs.std.to(members)
-        if self.tempering > 0 and bandwidth > 0:  # y / s, to re-weigh members moved by an intermediate stage
-            scaled_y = observed.innovation + obs.h(members.reshape(n, *obs.state_shape)).mean(dim=0) / std
+        scaled_y = y.to(members) / std  # to re-weigh members moved by an intermediate stage
         analysis, remaining, stages = members, 1.0, 0
         while remaining > 0:
             stages += 1
@@ -286,9 +276,8 @@ class BootstrapPF(EnsembleFilter):
             if remaining > 0 and bandwidth > 0:
                 moved = obs.h(analysis.reshape(n, *obs.state_shape)) / std
                 loglik = -0.5 * ((scaled_y - moved) ** 2).sum(dim=-1)
-        if diagnostics is not None:
-            diagnostics.update(ess=effective_sample_size(log_weights(observed)), stages=float(stages))
+        diagnostics = {"ess": effective_sample_size(log_weights(observed)), "stages": float(stages)}
         if self.jitter > 0:
             noise = torch.randn(analysis.shape, generator=generator, device=analysis.device, dtype=analysis.dtype)
             analysis = analysis + chosen * self.jitter * noise
-        return analysis
+        return analysis, diagnostics

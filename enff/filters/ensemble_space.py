@@ -1,26 +1,21 @@
-"""Pieces shared by the classical ensemble filters: the analysis template and ensemble-space algebra.
+"""Ensemble-space algebra of the Kalman-type filters: the observed ensemble, AOEI and the square-root update.
 
 Notation (Hunt et al., 2007): ``N`` members, state dimension ``d``, ``p`` observations. The forecast
 anomalies are ``X' = X - mean`` (``(N, d)``); the scaled observation anomalies are
 ``S = (h(X) - mean h) / s`` (``(N, p)``, ``s`` the error std) and the scaled innovation is
-``dy = (y - mean h) / s`` (``(p,)``). Every filter works in the ``N``-dimensional ensemble space with
+``dy = (y - mean h) / s`` (``(p,)``). The Kalman-type filters work in the ``N``-dimensional ensemble space with
 the precision ``A = (N - 1) I + S diag(w) S^T``, ``w`` the (optional) localization weights of R^-1.
 """
 
 from __future__ import annotations
 
-import math
-from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
 
 from enff.observations.space import ObservationSpace
 
-from .base import Filter
-from .inflation import check_inflation, check_rtps, multiplicative_inflation, rtps
-
-__all__ = ["EnsembleFilter", "ObservedEnsemble", "adaptive_error_inflation", "ensemble_precision", "observe",
+__all__ = ["ObservedEnsemble", "adaptive_error_inflation", "ensemble_precision", "observe",
            "square_root_update", "square_root_update_and_weights"]
 
 
@@ -202,88 +197,3 @@ def _observation_space_update(
     gain = -1.0 / (total * (total + c**0.5))  # sqrt(c) g(lambda), (..., p)
     spread = state_anomalies + root.transpose(-1, -2) @ (vectors @ (gain.unsqueeze(-1) * rotated))
     return spread + weights @ state_anomalies, weights.squeeze(-2)
-
-
-@dataclass(frozen=True)
-class EnsembleFilter(Filter):
-    """Template of the classical filters: mask, inflate, update, relax.
-
-    Attributes
-    ----------
-    inflation:
-        Multiplicative factor on the forecast anomalies (1 = none).
-    rtps:
-        Relaxation-to-prior-spread factor in [0, 1] (0 = none); the prior is the inflated forecast.
-    adaptive_obs_error:
-        Threshold, in total standard deviations, above which an innovation gets its observation error
-        inflated (:func:`adaptive_error_inflation`; 1 is the published AOEI, 0 = off). The diagnostic
-        ``inflated_obs`` is the fraction of observations inflated in a cycle. Meant for nonlinear
-        observations (``atan``), where a confident ensemble on the wrong branch otherwise receives a huge
-        linearized increment; it also damps the large first corrections of an ensemble that starts far from
-        the truth (measured on ``l96_1e6_atan`` at dim 1e5, see that case file).
-    """
-
-    inflation: float = 1.0
-    rtps: float = 0.0
-    adaptive_obs_error: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_inflation(self.inflation)
-        check_rtps(self.rtps)
-        value = self.adaptive_obs_error
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-            raise ValueError("adaptive_obs_error must be a threshold >= 0 in standard deviations (0 = off), "
-                             f"got {value!r}")
-
-    @property
-    def diagnostic_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        """``("inflated_obs",)`` with adaptive observation error inflation, else none."""
-        return ("inflated_obs",) if self.adaptive_obs_error else ()
-
-    def analysis(
-        self,
-        forecast: torch.Tensor,
-        y: torch.Tensor,
-        obs: ObservationSpace,
-        *,
-        previous: torch.Tensor | None = None,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None = None,
-    ) -> torch.Tensor:
-        if forecast.ndim < 2 or tuple(forecast.shape[1:]) != tuple(obs.state_shape) or forecast.shape[0] < 2:
-            raise ValueError(
-                f"forecast must have shape (member >= 2, {', '.join(map(str, obs.state_shape))}), "
-                f"got {tuple(forecast.shape)}"
-            )
-        if not forecast.is_floating_point():
-            raise ValueError(f"forecast must be a floating tensor, got {forecast.dtype}")
-        if y.shape != (obs.n_obs,):
-            raise ValueError(f"observation vector y must have shape ({obs.n_obs},), got {tuple(y.shape)}")
-        prior = multiplicative_inflation(forecast, self.inflation)
-        if not bool(torch.isfinite(y).any()):
-            return self._unobserved(prior, diagnostics)
-        y, obs = obs.observed(y)
-        observed = observe(prior, y, obs)
-        if self.adaptive_obs_error:
-            observed, factor = adaptive_error_inflation(observed, self.adaptive_obs_error)
-            if diagnostics is not None:
-                diagnostics["inflated_obs"] = float((factor > 1.0).float().mean())
-        members = prior.reshape(prior.shape[0], -1)
-        updated = self._update(members, observed, obs, generator=generator, diagnostics=diagnostics)
-        return rtps(prior, updated.reshape(forecast.shape), self.rtps)
-
-    def _unobserved(self, prior: torch.Tensor, diagnostics: dict[str, float] | None) -> torch.Tensor:
-        """Analysis when every observation is missing: the (inflated) prior itself."""
-        return prior
-
-    @abstractmethod
-    def _update(
-        self,
-        members: torch.Tensor,
-        observed: ObservedEnsemble,
-        obs: ObservationSpace,
-        *,
-        generator: torch.Generator,
-        diagnostics: dict[str, float] | None,
-    ) -> torch.Tensor:
-        """Analysis of the flattened, inflated forecast ``members`` ``(N, d)``; returns ``(N', d)``."""
