@@ -295,7 +295,13 @@ class Dopri5:
 
 
 def integrate(
-    field: Field, x: torch.Tensor, *, method: Method = "euler", start: float = 0.0, end: float = 1.0, **keys: float
+    field: Field,
+    x: torch.Tensor,
+    *,
+    method: Method = "euler",
+    start: float = 0.0,
+    end: float = 1.0,
+    **keys: int | float,
 ) -> torch.Tensor:
     """Integrate ``dx/dt = field(x, t)`` from ``start`` to ``end`` with the stepper ``method``.
 
