@@ -114,53 +114,56 @@ def _check_tolerances(rtol: float, atol: float) -> None:
         raise ValueError(f"solver rtol and atol must be > 0, got rtol={rtol!r}, atol={atol!r}")
 
 
-def _trapezoid(field: Field, x: torch.Tensor, corrected: list[bool], start: float, end: float) -> torch.Tensor:
-    """Steps on the uniform grid of ``len(corrected)`` steps: Heun where ``corrected``, Euler elsewhere."""
-    n_steps = len(corrected)
-    x = x.clone()
-    for k, heun in enumerate(corrected):
-        t = start + (end - start) * k / n_steps
-        t_next = start + (end - start) * (k + 1) / n_steps
-        dt = t_next - t
-        slope = field(x, t)
-        if not heun:
-            x.add_(slope, alpha=dt)
-            continue
-        corrector = field(torch.add(x, slope, alpha=dt), t_next)
-        x.add_(slope.add_(corrector), alpha=0.5 * dt)
-    return x
+@dataclass(frozen=True)
+class _Trapezoidal:
+    """Explicit trapezoidal (Heun) or Euler steps on a uniform grid, ``evaluations`` (``S``) field calls."""
+
+    evaluations: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "evaluations", _positive_int("the number of field evaluations S", self.evaluations))
+
+    def corrected(self) -> list[bool]:
+        """Per step of the uniform grid: Heun (``True``, two evaluations) or Euler (``False``, one)."""
+        raise NotImplementedError
+
+    def solve(self, field: Field, x: torch.Tensor, start: float, end: float) -> ODEResult:
+        """See :class:`Stepper`; exactly ``evaluations`` field calls."""
+        corrected = self.corrected()
+        n_steps = len(corrected)
+        x = x.clone()
+        for k, heun in enumerate(corrected):
+            t = start + (end - start) * k / n_steps
+            t_next = start + (end - start) * (k + 1) / n_steps
+            dt = t_next - t
+            slope = field(x, t)
+            if not heun:
+                x.add_(slope, alpha=dt)
+                continue
+            corrector = field(torch.add(x, slope, alpha=dt), t_next)
+            x.add_(slope.add_(corrector), alpha=0.5 * dt)
+        return ODEResult(x, self.evaluations)
 
 
 @STEPPERS.register("euler")
 @dataclass(frozen=True)
-class Euler:
-    """Forward Euler with ``evaluations`` steps (``S``) of equal length."""
+class Euler(_Trapezoidal):
+    """Forward Euler with ``evaluations`` (``S``) steps of equal length."""
 
-    evaluations: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "evaluations", _positive_int("the number of field evaluations S", self.evaluations))
-
-    def solve(self, field: Field, x: torch.Tensor, start: float, end: float) -> ODEResult:
-        """See :class:`Stepper`; ``evaluations`` field calls."""
-        return ODEResult(_trapezoid(field, x, [False] * self.evaluations, start, end), self.evaluations)
+    def corrected(self) -> list[bool]:
+        """``S`` Euler steps."""
+        return [False] * self.evaluations
 
 
 @STEPPERS.register("heun")
 @dataclass(frozen=True)
-class Heun:
-    """Heun steps with an Euler step last (and first for even ``S``), ``evaluations`` (``S``) field calls."""
+class Heun(_Trapezoidal):
+    """Heun steps with an Euler step last (and first for even ``S``); the field is never evaluated at ``end``."""
 
-    evaluations: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "evaluations", _positive_int("the number of field evaluations S", self.evaluations))
-
-    def solve(self, field: Field, x: torch.Tensor, start: float, end: float) -> ODEResult:
-        """See :class:`Stepper`; ``evaluations`` field calls, never one at ``end``."""
+    def corrected(self) -> list[bool]:
+        """``(S - 1) // 2`` Heun steps between one or two Euler steps (see the module docstring)."""
         s = self.evaluations
-        corrected = [False] * (1 - s % 2) + [True] * ((s - 1) // 2) + [False]
-        return ODEResult(_trapezoid(field, x, corrected, start, end), s)
+        return [False] * (1 - s % 2) + [True] * ((s - 1) // 2) + [False]
 
 
 @torch.no_grad()
