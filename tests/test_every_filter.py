@@ -31,6 +31,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "lenff-f2p": {"radius": 2.0, "steps": 10},
     "lensf": {"radius": 2.0, "steps": 20},
     "lpf": {"radius": 2.0},
+    "lenff-tempered": {"radius": 2.0, "steps": 3},
     "enff-ot": {"steps": 10},
     "enff-f2p": {"steps": 10},
     "ensf": {"steps": 20},
@@ -130,7 +131,8 @@ def test_dtype_and_device(name, dtype, device):
 
 #: Filters whose analysis mean and covariance are the Kalman filter's for the forecast's sample mean and
 #: covariance, exactly (deterministic square root; the LETKF with an infinite radius is the ETKF).
-KALMAN_EXACT: dict[str, dict[str, object]] = {"etkf": {}, "letkf": {"radius": math.inf}}
+KALMAN_EXACT: dict[str, dict[str, object]] = {"etkf": {}, "letkf": {"radius": math.inf},
+                                              "lenff-tempered": {"radius": math.inf, "steps": 4}}
 
 
 def _kalman(mean: np.ndarray, cov: np.ndarray, index: np.ndarray, std: np.ndarray, y: np.ndarray):

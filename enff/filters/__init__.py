@@ -11,6 +11,7 @@ from .learned import LearnedAnalysis
 from .letkf import LETKF
 from .local_flow import LEnFFF2P, LEnFFOT
 from .local_particle import LocalPF
+from .local_tempering import LEnFFTempered
 from .local_score import LEnSF
 from .particle import BootstrapPF
 
@@ -28,6 +29,7 @@ __all__ = [
     "LETKF",
     "LEnFFF2P",
     "LEnFFOT",
+    "LEnFFTempered",
     "LEnSF",
     "LocalPF",
     "LearnedAnalysis",

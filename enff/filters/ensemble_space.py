@@ -42,7 +42,8 @@ class ObservedEnsemble:
     std: torch.Tensor
 
 
-def observe(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace) -> ObservedEnsemble:
+def observe(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace,
+            std: torch.Tensor | None = None) -> ObservedEnsemble:
     """Ensemble estimate of ``H`` applied to ``forecast`` (works for nonlinear ``h``).
 
     Parameters
@@ -53,9 +54,11 @@ def observe(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace) -> O
         Finite observations, shape ``(n_obs,)``.
     obs:
         Observation space without missing entries (after ``obs.observed``).
+    std:
+        Error std to scale by, shape ``(n_obs,)``, observation units; ``None`` for ``obs.std``.
     """
     hx = obs.h(forecast)
-    std = obs.std.to(device=hx.device, dtype=hx.dtype)
+    std = (obs.std if std is None else std).to(device=hx.device, dtype=hx.dtype)
     mean = hx.mean(dim=0)
     return ObservedEnsemble((hx - mean) / std, (y.to(device=hx.device, dtype=hx.dtype) - mean) / std, mean, std)
 

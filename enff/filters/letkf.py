@@ -13,12 +13,12 @@ import torch
 from enff.observations.space import ObservationSpace
 
 from .base import register
-from .ensemble_space import ObservedEnsemble, square_root_update_and_weights
+from .ensemble_space import ObservedEnsemble, square_root_update, square_root_update_and_weights
 from .etkf import ETKF
 from .localization import check_radius, local_observations
 from .step_length import best_step_lengths
 
-__all__ = ["CHUNK_ELEMENTS", "LETKF"]
+__all__ = ["CHUNK_ELEMENTS", "LETKF", "letkf_update"]
 
 #: Size (in numbers) of the gathered local observation anomalies per batch of local analyses.
 CHUNK_ELEMENTS = 1 << 22
@@ -67,35 +67,10 @@ class LETKF(ETKF):
     def _kalman_update(
         self, members: torch.Tensor, observed: ObservedEnsemble, obs: ObservationSpace, *, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        if math.isinf(check_radius(self.radius, required=True)):
-            return super()._kalman_update(members, observed, obs, generator=generator)
-        mean = members.mean(dim=0)
-        anomalies = members - mean
-        scaled = observed.anomalies.T  # (p, N)
-        active, index, weight = local_observations(obs, self.radius).tensors(members.device, members.dtype)
         pointwise, sources = self._line_search_inputs(obs, members.device)
-        analysis = members.clone()
-        shortened = 0
-        chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * members.shape[0]))
-        for start in range(0, active.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            local = index[rows]
-            elements = active[rows]
-            local_anomalies = anomalies[:, elements].T.unsqueeze(-1)  # (chunk, member, 1)
-            update, wbar = square_root_update_and_weights(scaled[local], observed.innovation[local],
-                                                          local_anomalies, weight[rows])  # wbar: (chunk, member)
-            update = update.squeeze(-1).T  # (member, chunk)
-            if pointwise is not None:
-                source = sources[local]  # (chunk, max_local)
-                increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar)
-                length = best_step_lengths(wbar, mean[source], increment, observed.innovation[local],
-                                           observed.mean[local], observed.std[local], weight[rows], pointwise)
-                shortened += int((length < 1).sum())
-                update = update + (length.to(update.dtype) - 1) * update.mean(dim=0)
-            analysis[:, elements] = mean[elements] + update
-        if pointwise is None:
-            return analysis, {}
-        return analysis, {"shortened_steps": shortened / max(1, active.shape[0])}
+        analysis, shortened = letkf_update(members, observed, obs, check_radius(self.radius, required=True),
+                                           pointwise=pointwise, sources=sources)
+        return analysis, ({} if pointwise is None else {"shortened_steps": shortened})
 
     def _line_search_inputs(self, obs: ObservationSpace, device: torch.device
                             ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, torch.Tensor | None]:
@@ -107,3 +82,63 @@ class LETKF(ETKF):
             raise ValueError(f"line_search needs an observation operator whose observations are each a function "
                              f"of one state element (a chain of selections and pointwise maps), got {obs.operator!r}")
         return pointwise, torch.as_tensor(obs.state_index, dtype=torch.long, device=device)
+
+
+def letkf_update(
+    members: torch.Tensor,
+    observed: ObservedEnsemble,
+    obs: ObservationSpace,
+    radius: float,
+    *,
+    pointwise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sources: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float]:
+    """One LETKF analysis of flat members ``(N, d)``, all local analyses batched (global ETKF for ``inf``).
+
+    Parameters
+    ----------
+    members:
+        Forecast members, shape ``(N, d)``.
+    observed:
+        The members seen through the observations (:func:`~enff.filters.ensemble_space.observe`); the error
+        std it is scaled by is the one assimilated (``R / a`` for a tempering step of size ``a``: scale
+        ``S`` and ``dy`` by ``sqrt(a)``).
+    obs:
+        Observation space of ``observed`` (gives the geometry of the local domains).
+    radius:
+        Gaspari-Cohn half-width in model length units; ``inf`` gives the global ETKF.
+    pointwise, sources:
+        For the line search (finite radius only): the operator's pointwise map and each observation's flat
+        state index (see :meth:`LETKF._line_search_inputs`); ``None`` for the plain update.
+
+    Returns
+    -------
+    The analysis members ``(N, d)`` and the fraction of local analyses whose step was shortened (0 without
+    line search).
+    """
+    mean = members.mean(dim=0)
+    anomalies = members - mean
+    if math.isinf(radius):
+        return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies), 0.0
+    scaled = observed.anomalies.T  # (p, N)
+    active, index, weight = local_observations(obs, radius).tensors(members.device, members.dtype)
+    analysis = members.clone()
+    shortened = 0
+    chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * members.shape[0]))
+    for start in range(0, active.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        local = index[rows]
+        elements = active[rows]
+        local_anomalies = anomalies[:, elements].T.unsqueeze(-1)  # (chunk, member, 1)
+        update, wbar = square_root_update_and_weights(scaled[local], observed.innovation[local],
+                                                      local_anomalies, weight[rows])  # wbar: (chunk, member)
+        update = update.squeeze(-1).T  # (member, chunk)
+        if pointwise is not None:
+            source = sources[local]  # (chunk, max_local)
+            increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar)
+            length = best_step_lengths(wbar, mean[source], increment, observed.innovation[local],
+                                       observed.mean[local], observed.std[local], weight[rows], pointwise)
+            shortened += int((length < 1).sum())
+            update = update + (length.to(update.dtype) - 1) * update.mean(dim=0)
+        analysis[:, elements] = mean[elements] + update
+    return analysis, shortened / max(1, active.shape[0])
