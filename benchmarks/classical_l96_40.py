@@ -27,11 +27,9 @@ import numpy as np
 import torch
 
 from enff.casefile import load_case
-from enff.cycle import Experiment, seeded_generator
-from enff.filters import get_filter
+from enff.cycle import Experiment, Stream
 
 RESULTS = Path(__file__).parent / "results"
-CYCLE_STREAM = 2  # the stream enff.cycle draws each cycle's observation error and filter noise from
 
 #: Tuned settings (filter, members, hyper-parameters) and the target RMSE of each, from the sweep.
 TUNED: dict[str, tuple[str, int, dict[str, Any], float]] = {
@@ -57,16 +55,16 @@ SWEEP: dict[str, tuple[int, dict[str, list[Any]]]] = {
 def run(name: str, members: int, hyper: dict[str, Any], cycles: int, burn_in: int, seed: int) -> dict[str, Any]:
     """Cycle one filter and return its time-averaged analysis RMSE and spread after ``burn_in`` cycles."""
     overrides = [f"ensemble.size={members}", f"run.cycles={cycles}", f"run.seed={seed}", 'model.backend="numba-serial"']
-    exp = Experiment(load_case("l96_40", filter_name=name, overrides=overrides))
-    exp.filter = get_filter(name, **hyper)  # exactly these hyper-parameters, not merged with the case's table
+    case = load_case("l96_40", filter_name=name, overrides=overrides)
+    exp = Experiment(case.with_tables(filter={"name": name, **hyper}))  # exactly these, not merged with the case's
     truth, ensemble = exp.initial_condition()
     rmse, spread, ess = [], [], []
     seconds = 0.0
     for k in range(1, cycles + 1):
-        gen = seeded_generator(exp.seed, CYCLE_STREAM, k, exp.device)
+        gen = exp.generator(Stream.CYCLE, k)
         forecast = exp.model.step(ensemble, exp.every)
         truth = exp.model.step(truth[None], exp.every)[0]
-        y = exp.source.observe(truth, gen)
+        y = exp.observations.observe(k, truth, gen)
         start = time.perf_counter()
         result = exp.filter.analysis(forecast, y, exp.space, previous=ensemble, generator=gen)
         seconds += time.perf_counter() - start

@@ -86,9 +86,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             case = load_case(args.case, overrides=args.overrides, filter_name=args.filter_name)
         out = args.out
         if out is None:
-            out = Path("out") / f"{Path(case.source).stem}_{case.filter['name']}.nc"
+            out = Path("out") / f"{Path(case.where).stem}_{case.filter.name}.nc"
         check_output(out, input_files(case), replace=args.resume or args.overwrite)
-        check_burn_in(args.burn_in, int(case.run["cycles"]))
+        check_burn_in(args.burn_in, case.run.cycles)
         if args.resume:
             check_observations_unchanged(out, read_run_attributes(out), case)
     except (CaseError, ValueError) as err:

@@ -7,6 +7,7 @@ exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import enum
 import math
 import shlex
 import signal
@@ -24,17 +25,25 @@ from tqdm import tqdm
 
 import enff
 from enff import scores
-from enff.casefile import Case
+from enff.config import Case
 from enff.preflight import check_observations_unchanged, observation_checksum
 from enff.progress import tqdm_disable
-from enff.runfile import CycleRecord, RunFile, RunFileError, RunFileWriteError, check_run
+from enff.runfile import CycleRecord, RunFile, RunFileError, RunFileWriteError, RunLayout, check_run
 from enff.tracking import TrackMonitor, truth_scale
 
-__all__ = ["EXIT_IO", "Divergence", "Experiment", "RunStopped", "RunSummary", "run_case", "seeded_generator"]
+__all__ = ["EXIT_IO", "Divergence", "Experiment", "RunStopped", "RunSummary", "Stream", "run_case", "seeded_generator"]
 
-_TRUTH_STREAM, _ENSEMBLE_STREAM, _CYCLE_STREAM = 0, 1, 2
-#: Largest state size for which the full analysis ensemble is written by default.
-AUTO_SAVE_ANALYSIS_MAX_STATE = 5000
+
+class Stream(enum.IntEnum):
+    """The random streams of a run; each draw comes from :func:`seeded_generator` ``(seed, stream, cycle)``."""
+
+    #: The initial true state (cycle 0).
+    TRUTH = 0
+    #: The initial ensemble (cycle 0).
+    ENSEMBLE = 1
+    #: Each cycle's observation noise and the filter's draws.
+    CYCLE = 2
+
 #: Exit status of a run stopped because its file could not be written (signals give 128 + the signal).
 EXIT_IO = 5
 #: The spin-up advances the truth in this many chunks at most, so that its progress bar moves.
@@ -67,45 +76,26 @@ def seeded_generator(seed: int, stream: int, cycle: int, device: torch.device) -
 
 
 class Experiment:
-    """A case made concrete: model, observation space, error model and filter on one device."""
+    """A case made concrete on its device: the case's model, observation source and filter, the
+    observation space and the run file's layout."""
 
     def __init__(self, case: Case) -> None:
-        from enff.observations.config import operator_from_config
-        from enff.observations.error import GaussianError
-        from enff.observations.sources import NetCDFObservations, SyntheticObservations
-
         self.case = case
-        run = case.run
-        self.device = torch.device(run["device"])
-        self.dtype = torch.float64 if run["dtype"] == "float64" else torch.float32
-        self.model = case.build_model()
-        self.filter = case.build_filter()
-        obs_cfg = case.observations
-        self.every = int(obs_cfg["every"])
-        self.source: SyntheticObservations | NetCDFObservations
-        if obs_cfg.get("source", "synthetic") == "file":
-            self.source = NetCDFObservations(obs_cfg["file"], self.model.state_shape)
-        else:
-            operator = operator_from_config(obs_cfg, self.model.state_shape)
-            self.source = SyntheticObservations(operator, GaussianError(obs_cfg["std"]), self.model.state_shape)
+        self.model = case.model
+        self.filter = case.filter
+        self.observations = case.observations
+        self.device = case.run.torch_device
+        self.dtype = case.run.torch_dtype
+        self.every = case.observation_setup.every
+        self.seed = case.run.seed
+        self.cycles = case.run.cycles
         #: Twin experiments know the truth; real observations do not.
-        self.has_truth = isinstance(self.source, SyntheticObservations)
-        self.space = self.source.space(self.model.grid, dtype=self.dtype, device=self.device)
-        ens = case.ensemble
-        self.n_members = int(ens["size"])
-        self.initial_mean = ens.get("initial_mean", "truth")
-        self.initial_std = float(ens.get("initial_std", 1.0))
-        self.seed = int(run["seed"])
-        self.cycles = int(run["cycles"])
-        if not self.has_truth and self.cycles > self.source.n_times:
-            raise ValueError(f"run.cycles is {self.cycles} but {obs_cfg['file']} holds {self.source.n_times} observation times")
-        self.spinup = int(run["spinup"])
-        d = int(np.prod(self.model.state_shape))
-        save = run["save_analysis"]
-        self.save_analysis = d <= AUTO_SAVE_ANALYSIS_MAX_STATE if save == "auto" else bool(save)
-        self.save_forecast = bool(run["save_forecast"])
+        self.has_truth = self.observations.needs_truth
+        self.space = self.observations.space(self.model.grid, dtype=self.dtype, device=self.device)
+        self.save_analysis = case.run.analysis_saved(int(np.prod(self.model.state_shape)))
 
-    def generator(self, stream: int, cycle: int = 0) -> torch.Generator:
+    def generator(self, stream: Stream, cycle: int = 0) -> torch.Generator:
+        """The generator of ``stream`` in cycle ``cycle`` (0: before the first cycle) on the run's device."""
         return seeded_generator(self.seed, stream, cycle, self.device)
 
     def initial_condition(self, progress: bool | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -113,23 +103,24 @@ class Experiment:
         ensemble ``(member, *state)``; ``progress`` as in :func:`run_case` (for the spin-up)."""
         truth = None
         if self.has_truth:
-            truth = self.model.initial_state(self.generator(_TRUTH_STREAM), 1, dtype=self.dtype, device=self.device)
-            if self.spinup:
+            truth = self.model.initial_state(self.generator(Stream.TRUTH), 1, dtype=self.dtype, device=self.device)
+            if self.case.run.spinup:
                 truth = self._spin_up(truth, progress)
-        gen = self.generator(_ENSEMBLE_STREAM)
-        noise = torch.randn((self.n_members, *self.model.state_shape), generator=gen, dtype=self.dtype,
-                            device=self.device)
-        centre = truth if self.initial_mean == "truth" and truth is not None else 0.0
-        return (None if truth is None else truth[0]), centre + self.initial_std * noise
+        ensemble = self.case.ensemble
+        noise = torch.randn((ensemble.size, *self.model.state_shape), generator=self.generator(Stream.ENSEMBLE),
+                            dtype=self.dtype, device=self.device)
+        centre = truth if ensemble.centred_on_truth and truth is not None else 0.0
+        return (None if truth is None else truth[0]), centre + ensemble.initial_std * noise
 
     def _spin_up(self, truth: torch.Tensor, progress: bool | None) -> torch.Tensor:
         """``truth`` ``(1, *state)`` advanced by ``run.spinup`` model steps, in at most :data:`SPINUP_UPDATES`
         chunks under a progress bar that appears after :data:`SPINUP_BAR_DELAY` seconds."""
-        chunk = math.ceil(self.spinup / SPINUP_UPDATES)
-        with tqdm(total=self.spinup, desc="spin-up", unit="step", delay=SPINUP_BAR_DELAY, leave=False,
+        spinup = self.case.run.spinup
+        chunk = math.ceil(spinup / SPINUP_UPDATES)
+        with tqdm(total=spinup, desc="spin-up", unit="step", delay=SPINUP_BAR_DELAY, leave=False,
                   disable=tqdm_disable(progress)) as bar:
-            for start in range(0, self.spinup, chunk):
-                steps = min(chunk, self.spinup - start)
+            for start in range(0, spinup, chunk):
+                steps = min(chunk, spinup - start)
                 truth = self.model.step(truth, steps)
                 bar.update(steps)
         return truth
@@ -141,7 +132,7 @@ class Experiment:
             "source": f"enff {enff.__version__}",
             "enff_version": enff.__version__,
             "case": self.case.to_toml(),
-            "case_source": self.case.source,
+            "case_source": self.case.where,
             "model": repr(self.model.params),
             "filter": repr(self.filter),
             "seed": self.seed,
@@ -157,38 +148,37 @@ class Experiment:
                     replace: bool = False) -> RunFile:
         """Create the run file ``path`` holding the restart state of cycle 0: the truth ``(*state)`` (``None``
         for real observations) and the initial ensemble ``(member, *state)``; ``replace`` an existing file."""
-        return RunFile.create(
-            path,
+        return RunFile.create(path, self.layout(), initial_truth=None if truth is None else truth.cpu().numpy(),
+                              initial_analysis=ensemble.cpu().numpy(), replace=replace)
+
+    def layout(self) -> RunLayout:
+        """What the run file of this experiment holds."""
+        return RunLayout(
             state_dims=self.model.state_dims,
             coords=self.model.coords(),
             state_attrs={"units": self.model.units},
-            n_members=self.n_members,
+            n_members=self.case.ensemble.size,
             obs_index=self.space.state_index,
             obs_locations=self.space.locations,
-            dtype=np.dtype("float64" if self.dtype == torch.float64 else "float32"),
+            dtype=np.dtype(self.case.run.dtype),
             has_truth=self.has_truth,
             save_analysis=self.save_analysis,
-            save_forecast=self.save_forecast,
+            save_forecast=self.case.run.save_forecast,
             diagnostic_names=self.filter.diagnostic_names,
             attrs=self.attributes(),
-            initial_truth=None if truth is None else truth.cpu().numpy(),
-            initial_analysis=ensemble.cpu().numpy(),
-            replace=replace,
         )
 
     def cycle(self, k: int, truth: torch.Tensor | None, ensemble: torch.Tensor
               ) -> tuple[torch.Tensor | None, torch.Tensor, CycleRecord, Mapping[str, float]]:
         """Run cycle ``k`` (1-based) from the previous truth ``(*state)`` (``None`` for real observations)
         and analysis ``(member, *state)``; returns the new truth and analysis, the record and diagnostics."""
-        gen = self.generator(_CYCLE_STREAM, k)
+        gen = self.generator(Stream.CYCLE, k)
         forecast = self.model.step(ensemble, self.every)
         if not bool(torch.isfinite(forecast).all()):
             raise Divergence(k, "forecast")
         if truth is not None:
             truth = self.model.step(truth[None], self.every)[0]
-            y = self.source.observe(truth, gen)
-        else:
-            y = self.source.observation(k - 1, dtype=self.dtype, device=self.device)
+        y = self.observations.observe(k, truth, gen, dtype=self.dtype, device=self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = wallclock.perf_counter()
@@ -209,16 +199,8 @@ class Experiment:
         def cpu(t: torch.Tensor) -> np.ndarray:
             return t.detach().cpu().numpy()
 
-        values = {"spread_forecast": scores.spread(forecast), "spread_analysis": scores.spread(analysis)}
-        if truth is not None:
-            values.update({
-                "rmse_forecast": scores.rmse(forecast, truth),
-                "rmse_analysis": scores.rmse(analysis, truth),
-                "crps_forecast": scores.crps_fair(forecast, truth),
-                "crps_analysis": scores.crps_fair(analysis, truth),
-                "energy_score_analysis": scores.energy_score_fair(analysis, truth),
-            })
-        scalars = {name: float(v) for name, v in values.items()}
+        scalars = {score.name: score.evaluate(forecast, analysis, truth) for score in scores.SCORES
+                   if truth is not None or not score.needs_truth}
         scalars["analysis_seconds"] = seconds
         return CycleRecord(
             time=k * self.every * self.model.dt,
@@ -231,7 +213,7 @@ class Experiment:
             scalars=scalars,
             rank_counts=None if truth is None else cpu(scores.rank_counts(analysis, truth)),
             analysis=cpu(analysis) if self.save_analysis else None,
-            forecast=cpu(forecast) if self.save_forecast else None,
+            forecast=cpu(forecast) if self.case.run.save_forecast else None,
         )
 
 
@@ -374,7 +356,7 @@ def _run(exp: Experiment, out: Path, guard: _SignalGuard, *, resume: bool, overw
         truth, ensemble = exp.initial_condition(progress)
         writer = exp.create_file(out, truth, ensemble, replace=overwrite)
         cycles_done = 0
-    monitor = TrackMonitor(exp.n_members)
+    monitor = TrackMonitor(exp.case.ensemble.size)
     bar = tqdm(total=exp.cycles, initial=cycles_done, desc=f"{exp.filter.name}", unit="cycle",
                disable=tqdm_disable(progress))
     last: dict[str, float] = {}

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from enff.casefile import Case
+from enff.config import Case
 
 __all__ = ["OBSERVATION_CHECKSUM", "check_burn_in", "check_observations_unchanged", "check_output", "existing_inputs",
            "input_files", "observation_checksum", "read_run_attributes", "sha256"]
@@ -35,11 +35,11 @@ def sha256(path: str | Path) -> str:
 def input_files(case: Case) -> dict[Path, str]:
     """The files a run of ``case`` reads, each with what it is: the case file, the observation file
     (``observations.file``) and the learned analysis' posterior (``filter.posterior``), where present."""
-    found = {Path(case.source): "the case file"}
-    if case.observations.get("source") == "file":
-        found[Path(case.observations["file"])] = "the observation file (observations.file)"
-    if case.filter.get("posterior"):
-        found[Path(case.filter["posterior"])] = "the posterior file (filter.posterior)"
+    found = {Path(case.where): "the case file"}
+    if case.observations.input_file is not None:
+        found[case.observations.input_file] = "the observation file (observations.file)"
+    if case.tables["filter"].get("posterior"):
+        found[Path(case.tables["filter"]["posterior"])] = "the posterior file (filter.posterior)"
     return {path: what for path, what in found.items() if path.is_file()}
 
 
@@ -98,9 +98,8 @@ def read_run_attributes(path: Path) -> dict[str, Any]:
 
 def observation_checksum(case: Case) -> dict[str, str]:
     """``{OBSERVATION_CHECKSUM: sha256}`` of the case's observation file, or ``{}`` for a synthetic twin."""
-    if case.observations.get("source") != "file":
-        return {}
-    return {OBSERVATION_CHECKSUM: sha256(case.observations["file"])}
+    path = case.observations.input_file
+    return {} if path is None else {OBSERVATION_CHECKSUM: sha256(path)}
 
 
 def check_observations_unchanged(path: Path, attrs: Mapping[str, Any], case: Case) -> None:
@@ -110,7 +109,7 @@ def check_observations_unchanged(path: Path, attrs: Mapping[str, Any], case: Cas
     stored = attrs.get(OBSERVATION_CHECKSUM)
     current = observation_checksum(case).get(OBSERVATION_CHECKSUM)
     if stored is not None and stored != current:
-        raise ValueError(f"{path}: cannot resume: the observation file {case.observations.get('file')} changed since "
+        raise ValueError(f"{path}: cannot resume: the observation file {case.observations.input_file} changed since "
                          f"the run started (sha256 {current} against {stored} stored in the run file)")
 
 

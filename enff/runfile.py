@@ -1,13 +1,13 @@
 """The run file: one crash-safe netCDF file per cycling run.
 
-Layout (CF-1.8; classic 64-bit-offset format, which survived repeated SIGKILL tests here when
-synced after every record):
+Layout (CF-1.8; classic 64-bit-offset format written with unbuffered shared access, which survives
+repeated SIGKILL tests with one sync per cycle, ``benchmarks/kill_storm.py``):
 
 * ``time`` (unlimited) x ``member`` x the model's state dims, plus ``obs`` and ``rank``;
 * per cycle: ``truth``, ``observation``, ensemble means/spreads, optional full ``analysis``/``forecast``
   ensembles, scalar scores, filter diagnostics, the ``lost_track`` flag (:mod:`enff.tracking`) and
   ``cycle_complete``, defined last so that it ends each record and is written last;
-* a two-slot restart area (``restart_truth``, ``restart_analysis``, ``restart_cycle``) written and synced
+* a two-slot restart area (``restart_truth``, ``restart_analysis``, ``restart_cycle``) written
   *before* the cycle's record, so that for every complete record one slot holds the state needed to
   continue exactly from it.
 
@@ -27,32 +27,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import netCDF4
 import numpy as np
 import xarray as xr
 
+from enff.scores import SCORES
 from enff.safefile import LockHeld, WriterLock, publish, remove_stale_temporaries, temporary_name
 from enff.tracking import NO_SKILL, OVERCONFIDENT, truth_scale
 
 __all__ = ["CycleRecord", "ResumePoint", "RunFile", "RunFileError", "RunFileLocked", "RunFileWriteError",
-           "RunState", "check_run", "open_run", "SCALARS"]
+           "RunLayout", "RunState", "TIMINGS", "check_run", "open_run"]
 
-#: Per-cycle scalar variables: name -> (long_name, units); units ``None``: the state's units.
-SCALARS: dict[str, tuple[str, str | None]] = {
-    "rmse_forecast": ("RMSE of the forecast ensemble mean", None),
-    "rmse_analysis": ("RMSE of the analysis ensemble mean", None),
-    "spread_forecast": ("forecast ensemble spread", None),
-    "spread_analysis": ("analysis ensemble spread", None),
-    "crps_forecast": ("fair ensemble CRPS of the forecast, mean over state", None),
-    "crps_analysis": ("fair ensemble CRPS of the analysis, mean over state", None),
-    "energy_score_analysis": ("fair energy score of the analysis over the whole state", None),
-    "analysis_seconds": ("wall-clock seconds of the analysis step", "s"),
-}
+#: Per-cycle timing variables beside the scores of :data:`enff.scores.SCORES`: name -> (long_name, units).
+TIMINGS: dict[str, tuple[str, str]] = {"analysis_seconds": ("wall-clock seconds of the analysis step", "s")}
 #: CF ``axis`` of the state dimensions that are spatial axes of the model grid.
 GRID_AXES = {"x": "X", "y": "Y"}
 _EMPTY_SLOT = -2
+#: netCDF modes of the writer: unbuffered shared access (NC_SHARE, the "s"), so that every put goes to
+#: the operating system as it is made, in program order (the record count in the header too, as a record
+#: is added). A process killed at any moment then leaves exactly the puts made before it, and the ordering
+#: that keeps a file resumable (the empty mark before a restart slot's state, the state before its cycle
+#: mark, ``cycle_complete`` after the rest of its record) needs no sync between puts: one per cycle.
+_WRITE_MODE = {"create": "ws", "append": "as"}
 #: Bytes reserved beyond one record before it is written: netCDF's buffered writes may round up.
 _RESERVE_SLACK = 1 << 16
 
@@ -98,6 +96,44 @@ class RunFileWriteError(RuntimeError):
     def __init__(self, path: Path, what: str, resumable: bool = True) -> None:
         super().__init__(f"{path}: {what}")
         self.path, self.what, self.resumable = path, what, resumable
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """What the run file of one run holds, fixed when it is created.
+
+    Attributes
+    ----------
+    state_dims, coords, state_attrs:
+        The model's state dimensions, their coordinate arrays and the state's attributes (``units``).
+    n_members:
+        Ensemble size.
+    obs_index, obs_locations:
+        Flat state index ``(obs,)`` and grid coordinates ``(obs, ndim)`` of each observation.
+    dtype:
+        Of the state arrays (float32 or float64).
+    has_truth:
+        A twin experiment: the truth, the scores that need it, rank counts and the lost-track flag.
+    save_analysis, save_forecast:
+        Whether the full ensembles are written every cycle.
+    diagnostic_names:
+        The filter's per-cycle diagnostics (variables ``diag_<name>``).
+    attrs:
+        Global attributes (the case, the seed, ...).
+    """
+
+    state_dims: tuple[str, ...]
+    coords: Mapping[str, np.ndarray]
+    state_attrs: Mapping[str, str]
+    n_members: int
+    obs_index: np.ndarray
+    obs_locations: np.ndarray
+    dtype: np.dtype
+    has_truth: bool
+    save_analysis: bool
+    save_forecast: bool
+    diagnostic_names: tuple[str, ...]
+    attrs: Mapping[str, Any]
 
 
 @dataclass
@@ -190,9 +226,8 @@ class RunFile:
     """Writer of one run file; create with :meth:`create` or reopen with :meth:`reopen`. It holds the
     file's lock until :meth:`close`."""
 
-    def __init__(self, dataset: netCDF4.Dataset, state_dims: tuple[str, ...], path: Path, lock: WriterLock) -> None:
+    def __init__(self, dataset: netCDF4.Dataset, path: Path, lock: WriterLock) -> None:
         self._ds = dataset
-        self._state_dims = state_dims
         self.path = path
         self._lock = lock
         self._broken = False
@@ -201,57 +236,44 @@ class RunFile:
     def create(
         cls,
         path: str | Path,
+        layout: RunLayout,
         *,
-        state_dims: tuple[str, ...],
-        coords: Mapping[str, np.ndarray],
-        state_attrs: Mapping[str, str],
-        n_members: int,
-        obs_index: np.ndarray,
-        obs_locations: np.ndarray,
-        dtype: np.dtype,
-        has_truth: bool,
-        save_analysis: bool,
-        save_forecast: bool,
-        diagnostic_names: tuple[str, ...],
-        attrs: Mapping[str, Any],
         initial_truth: np.ndarray | None,
         initial_analysis: np.ndarray,
         replace: bool = False,
     ) -> "RunFile":
-        """Create the file with every dimension, variable and attribute and the restart state of cycle 0
-        (``initial_truth`` ``(*state)``, ``initial_analysis`` ``(member, *state)``); no record is written yet.
+        """Create the file with every dimension, variable and attribute of ``layout`` and the restart state
+        of cycle 0 (``initial_truth`` ``(*state)``, ``initial_analysis`` ``(member, *state)``); no record is
+        written yet.
 
         The file is prepared under a temporary name and appears at ``path`` complete, or not at all.
         Without ``replace`` an existing ``path`` is an error (``FileExistsError``); with it, a file that
         another run is writing is refused (:class:`RunFileLocked`).
         """
         path = Path(path)
-
-        def define(ds: netCDF4.Dataset) -> None:
-            cls._define(ds, state_dims, coords, state_attrs, n_members, obs_index, obs_locations, np.dtype(dtype),
-                        has_truth, save_analysis, save_forecast, diagnostic_names, attrs)
-
         remove_stale_temporaries(path)
         old = _lock_for_writing(path) if replace and path.exists() else None
         try:
-            return cls._prepare(path, state_dims, define, initial_truth, initial_analysis, replace)
+            return cls._prepare(path, layout, initial_truth, initial_analysis, replace)
         finally:
             if old is not None:
                 old.release()
 
     @classmethod
-    def _prepare(cls, path: Path, state_dims: tuple[str, ...], define: Callable[[netCDF4.Dataset], None],
-                 initial_truth: np.ndarray | None, initial_analysis: np.ndarray, replace: bool) -> "RunFile":
+    def _prepare(cls, path: Path, layout: RunLayout, initial_truth: np.ndarray | None,
+                 initial_analysis: np.ndarray, replace: bool) -> "RunFile":
         """Build the file under its temporary name (locked from its first byte), then publish it at ``path``."""
         tmp = temporary_name(path)
         lock = WriterLock.acquire(tmp, create=True)
         writer = None
         try:
-            writer = cls(netCDF4.Dataset(str(tmp), "w", clobber=True, format="NETCDF3_64BIT_OFFSET"),
-                         state_dims, path, lock)
+            writer = cls(netCDF4.Dataset(str(tmp), _WRITE_MODE["create"], clobber=True, format="NETCDF3_64BIT_OFFSET"),
+                         path, lock)
+            writer._ds.set_auto_mask(False)  # as reopen: plain arrays in and out
             with writer._guard("creating the file"):
-                define(writer._ds)
+                cls._define(writer._ds, layout)
             writer.write_restart(0, initial_truth, initial_analysis)
+            writer._ds.sync()
             if lock.identity() != _identity(tmp):
                 raise RunFileError(f"{tmp}: the temporary file was replaced while it was being prepared")
             _publish_naming_the_holder(tmp, path, replace)
@@ -265,17 +287,16 @@ class RunFile:
         return writer
 
     @staticmethod
-    def _define(ds: netCDF4.Dataset, state_dims: tuple[str, ...], coords: Mapping[str, np.ndarray],
-                state_attrs: Mapping[str, str], n_members: int, obs_index: np.ndarray,
-                obs_locations: np.ndarray, dtype: np.dtype, has_truth: bool, save_analysis: bool,
-                save_forecast: bool, diagnostic_names: tuple[str, ...], attrs: Mapping[str, Any]) -> None:
+    def _define(ds: netCDF4.Dataset, layout: RunLayout) -> None:
+        state_dims, n_members, obs_index = layout.state_dims, layout.n_members, layout.obs_index
+        state_attrs, has_truth = layout.state_attrs, layout.has_truth
         ds.createDimension("time", None)
         ds.createDimension("member", n_members)
         ds.createDimension("obs", len(obs_index))
         ds.createDimension("rank", n_members + 1)
         ds.createDimension("slot", 2)
         for dim in state_dims:
-            _define_state_coordinate(ds, dim, np.asarray(coords[dim]))
+            _define_state_coordinate(ds, dim, np.asarray(layout.coords[dim]))
         time = ds.createVariable("time", "f8", ("time",))
         time.long_name = "model time since the end of the spin-up (dimensionless model time units)"
         time.units = "1"
@@ -291,13 +312,13 @@ class RunFile:
         oi.long_name, oi.units = "flat index of the state element each observation is located at", "1"
         for axis, dim in enumerate(state_dims):
             loc = ds.createVariable(f"obs_{dim}", "f8", ("obs",))
-            loc[:] = obs_locations[:, axis]
+            loc[:] = layout.obs_locations[:, axis]
             loc.long_name, loc.units = f"observation location along {dim} (model length units)", "1"
         rank = ds.createVariable("rank", "i4", ("rank",))
         rank[:] = np.arange(n_members + 1)
         rank.long_name, rank.units = "number of members below the truth", "1"
 
-        code = "f8" if dtype == np.float64 else "f4"
+        code = "f8" if np.dtype(layout.dtype) == np.float64 else "f4"
         fill = {"fill_value": np.nan}
         state = ("time", *state_dims)
 
@@ -315,16 +336,19 @@ class RunFile:
         state_var("forecast_spread", state, "forecast ensemble standard deviation")
         state_var("analysis_mean", state, "analysis ensemble mean")
         state_var("analysis_spread", state, "analysis ensemble standard deviation")
-        if save_analysis:
+        if layout.save_analysis:
             state_var("analysis", ("time", "member", *state_dims), "analysis ensemble")
-        if save_forecast:
+        if layout.save_forecast:
             state_var("forecast", ("time", "member", *state_dims), "forecast ensemble")
-        for name, (long_name, units) in SCALARS.items():
-            if name.startswith(("rmse", "crps", "energy")) and not has_truth:
+        for score in SCORES:
+            if score.needs_truth and not has_truth:
                 continue
+            var = ds.createVariable(score.name, "f8", ("time",), **fill)
+            var.long_name, var.units = score.long_name, state_attrs.get("units", "1")
+        for name, (long_name, units) in TIMINGS.items():
             var = ds.createVariable(name, "f8", ("time",), **fill)
-            var.long_name, var.units = long_name, units or state_attrs.get("units", "1")
-        for name in diagnostic_names:
+            var.long_name, var.units = long_name, units
+        for name in layout.diagnostic_names:
             var = ds.createVariable(f"diag_{name}", "f8", ("time",), **fill)
             var.long_name = f"filter diagnostic {name}"
         if has_truth:
@@ -342,7 +366,7 @@ class RunFile:
         rc = ds.createVariable("restart_cycle", "i4", ("slot",))
         rc[:] = np.array([_EMPTY_SLOT, _EMPTY_SLOT], dtype=np.int32)
         rc.long_name = "number of completed cycles the slot's state belongs to (-2: empty)"
-        ds.setncatts({"Conventions": "CF-1.8", **{k: _attr(v) for k, v in attrs.items()}})
+        ds.setncatts({"Conventions": "CF-1.8", **{k: _attr(v) for k, v in layout.attrs.items()}})
 
     @classmethod
     def reopen(cls, path: str | Path) -> tuple["RunFile", ResumePoint]:
@@ -353,7 +377,7 @@ class RunFile:
         lock = _lock_for_writing(path)
         try:
             point = _read_resume_point(path, check_run(path))
-            ds = netCDF4.Dataset(str(path), "a")
+            ds = netCDF4.Dataset(str(path), _WRITE_MODE["append"])
             if lock.identity() != _identity(path):
                 ds.close()
                 raise RunFileError(f"{path} was replaced while it was being reopened")
@@ -361,8 +385,7 @@ class RunFile:
             lock.release()
             raise
         ds.set_auto_mask(False)
-        state_dims = tuple(d for d in ds["restart_analysis"].dimensions if d not in ("slot", "member"))
-        return cls(ds, state_dims, path, lock), point
+        return cls(ds, path, lock), point
 
     def track_history(self, cycles_done: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Analysis RMSE, spread and :func:`enff.tracking.truth_scale` of the (up to) ``count`` complete cycles
@@ -375,17 +398,18 @@ class RunFile:
                 np.array([truth_scale(state) for state in truth]))
 
     def write_restart(self, cycles_done: int, truth: np.ndarray | None, analysis: np.ndarray) -> None:
-        """Store the state after ``cycles_done`` cycles in slot ``cycles_done % 2`` and sync."""
+        """Store the state after ``cycles_done`` cycles in slot ``cycles_done % 2``: the slot is marked empty,
+        filled, then marked with ``cycles_done``. Each put reaches the file as it is made (unbuffered shared
+        access, see :data:`_WRITE_MODE`), so these steps land in this order without a sync of their own; the
+        cycle's record (:meth:`write_cycle`) follows them and ends with the cycle's one sync."""
         slot = cycles_done % 2
         with self._guard(f"writing the restart state of cycle {cycles_done}"):
-            self._ds["restart_cycle"][slot] = _EMPTY_SLOT  # invalidate first: a torn write never looks valid
-            self._ds.sync()
-            self._ds["restart_analysis"][slot] = analysis
+            variables = self._ds.variables
+            variables["restart_cycle"][slot] = _EMPTY_SLOT  # invalidate first: a torn write never looks valid
+            variables["restart_analysis"][slot] = analysis
             if truth is not None:
-                self._ds["restart_truth"][slot] = truth
-            self._ds.sync()
-            self._ds["restart_cycle"][slot] = cycles_done
-            self._ds.sync()
+                variables["restart_truth"][slot] = truth
+            variables["restart_cycle"][slot] = cycles_done
 
     def write_cycle(self, index: int, record: CycleRecord, diagnostics: Mapping[str, float]) -> None:
         """Write record ``index`` (0-based), mark it complete last, and sync; then check that the file is
@@ -401,29 +425,28 @@ class RunFile:
         self._check_still_there()
 
     def _write_record(self, index: int, record: CycleRecord, diagnostics: Mapping[str, float]) -> None:
-        ds = self._ds
+        ds = self._ds.variables  # by name, without Dataset.__getitem__'s path lookup
         ds["cycle_complete"][index] = 0
         ds["time"][index] = record.time
         if record.truth is not None:
             ds["truth"][index] = record.truth
             ds["rank_counts"][index] = record.rank_counts
-        if "lost_track" in ds.variables:
+        if "lost_track" in ds:
             ds["lost_track"][index] = record.lost_track
         ds["observation"][index] = record.observation
         for name in ("forecast_mean", "forecast_spread", "analysis_mean", "analysis_spread"):
             ds[name][index] = getattr(record, name)
-        if "analysis" in ds.variables:
+        if "analysis" in ds:
             ds["analysis"][index] = record.analysis
-        if "forecast" in ds.variables:
+        if "forecast" in ds:
             ds["forecast"][index] = record.forecast
         for name, value in record.scalars.items():
-            if name in ds.variables:
+            if name in ds:
                 ds[name][index] = value
         for name, value in diagnostics.items():
             ds[f"diag_{name}"][index] = value
-        ds.sync()
-        ds["cycle_complete"][index] = 1
-        ds.sync()
+        ds["cycle_complete"][index] = 1  # after every other put of the record, so it reaches the file last
+        self._ds.sync()  # the cycle's one sync
 
     @cached_property
     def _record_bytes(self) -> int:

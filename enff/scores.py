@@ -2,13 +2,22 @@
 
 All functions take an ensemble ``(member, *state)`` and a verifying truth ``(*state)`` on the same
 device and return plain tensors, so they run inside the cycle on CPU or GPU.
+
+:data:`SCORES` declares, once, the per-cycle scores of a run: the name of the run-file variable, which
+ensemble it scores, whether it needs the truth, its function, and its name in :func:`enff.summary.summarize`.
+The cycle runner computes them, the run file defines their variables and the summary averages them
+from this one list.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
-__all__ = ["rmse", "spread", "crps_fair", "energy_score_fair", "rank_counts"]
+__all__ = ["SCORES", "Score", "crps_fair", "energy_score_fair", "rank_counts", "rmse", "spread"]
 
 
 def _check(ensemble: torch.Tensor, truth: torch.Tensor) -> None:
@@ -78,3 +87,54 @@ def rank_counts(ensemble: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     ties = (ensemble == truth).sum(0)
     rank = (below + ties // 2).reshape(-1)
     return torch.bincount(rank, minlength=n + 1)
+
+
+@dataclass(frozen=True)
+class Score:
+    """One per-cycle score of a run.
+
+    Attributes
+    ----------
+    name:
+        Its run-file variable (``(time,)``, units of the state).
+    ensemble:
+        The ensemble it scores.
+    function:
+        ``function(ensemble)`` when it needs no truth, else ``function(ensemble, truth)``; a scalar tensor.
+    needs_truth:
+        Whether it compares with the truth (twin experiments only).
+    long_name:
+        The variable's ``long_name``.
+    summary:
+        Its key in :func:`enff.summary.summarize` (the time mean after the burn-in).
+    headline:
+        Listed first in the summary.
+    """
+
+    name: str
+    ensemble: Literal["forecast", "analysis"]
+    function: Callable[..., torch.Tensor]
+    needs_truth: bool
+    long_name: str
+    summary: str
+    headline: bool = False
+
+    def evaluate(self, forecast: torch.Tensor, analysis: torch.Tensor, truth: torch.Tensor | None) -> float:
+        """The score of this cycle's ``forecast`` / ``analysis`` ``(member, *state)`` against ``truth`` ``(*state)``."""
+        ensemble = forecast if self.ensemble == "forecast" else analysis
+        return float(self.function(ensemble, truth) if self.needs_truth else self.function(ensemble))
+
+
+#: The per-cycle scores of every run, in the order of the run file's variables.
+SCORES: tuple[Score, ...] = (
+    Score("rmse_forecast", "forecast", rmse, True, "RMSE of the forecast ensemble mean", "rmse_forecast"),
+    Score("rmse_analysis", "analysis", rmse, True, "RMSE of the analysis ensemble mean", "rmse", headline=True),
+    Score("spread_forecast", "forecast", spread, False, "forecast ensemble spread", "spread_forecast"),
+    Score("spread_analysis", "analysis", spread, False, "analysis ensemble spread", "spread", headline=True),
+    Score("crps_forecast", "forecast", crps_fair, True, "fair ensemble CRPS of the forecast, mean over state",
+          "crps_forecast"),
+    Score("crps_analysis", "analysis", crps_fair, True, "fair ensemble CRPS of the analysis, mean over state",
+          "crps", headline=True),
+    Score("energy_score_analysis", "analysis", energy_score_fair, True,
+          "fair energy score of the analysis over the whole state", "energy_score"),
+)

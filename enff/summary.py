@@ -8,6 +8,7 @@ import numpy as np
 import xarray as xr
 
 from enff.runfile import open_run
+from enff.scores import SCORES
 from enff.tracking import WINDOW, describe
 
 __all__ = ["default_burn_in", "format_table", "lost_track", "lost_track_warning", "resolve_burn_in", "summarize"]
@@ -48,9 +49,10 @@ def summarize(path: str | Path | xr.Dataset, burn_in: int | None = None) -> dict
     """Average the per-cycle scores of a run after discarding the first ``burn_in`` cycles
     (``None``: :func:`default_burn_in` of the run's complete cycles).
 
-    Returns a dict with ``rmse``, ``spread``, ``crps``, ``spread_rmse_ratio``, ``analysis_seconds``,
-    ``cycles`` (analysis values; ``cycles`` counts the averaged cycles) followed by ``rmse_forecast``,
-    ``spread_forecast``, ``crps_forecast``, ``energy_score``, the mean of every filter diagnostic and
+    Returns a dict with the headline scores of :data:`enff.scores.SCORES` (``rmse``, ``spread``, ``crps``:
+    analysis values), ``spread_rmse_ratio``, ``analysis_seconds``, ``cycles`` (the averaged cycles), the
+    other scores (``rmse_forecast``, ``spread_forecast``, ``crps_forecast``, ``energy_score``; NaN when
+    the run has no truth), the mean of every filter diagnostic and
     ``lost_track``: the first cycle of the whole run (burn-in included) at which the filter was flagged as
     having lost track (:mod:`enff.tracking`), or ``None``.
     """
@@ -67,19 +69,11 @@ def summarize(path: str | Path | xr.Dataset, burn_in: int | None = None) -> dict
     def mean(name: str) -> float:
         return float(ds[name].mean()) if name in ds else float("nan")
 
-    rmse, spread = mean("rmse_analysis"), mean("spread_analysis")
-    result: dict[str, float | int] = {
-        "rmse": rmse,
-        "spread": spread,
-        "crps": mean("crps_analysis"),
-        "spread_rmse_ratio": spread / rmse if rmse > 0 else float("nan"),
-        "analysis_seconds": mean("analysis_seconds"),
-        "cycles": int(ds.sizes["time"]),
-        "rmse_forecast": mean("rmse_forecast"),
-        "spread_forecast": mean("spread_forecast"),
-        "crps_forecast": mean("crps_forecast"),
-        "energy_score": mean("energy_score_analysis"),
-    }
+    result: dict[str, float | int] = {score.summary: mean(score.name) for score in SCORES if score.headline}
+    rmse, spread = result["rmse"], result["spread"]
+    result["spread_rmse_ratio"] = spread / rmse if rmse > 0 else float("nan")
+    result.update({"analysis_seconds": mean("analysis_seconds"), "cycles": int(ds.sizes["time"])})
+    result.update({score.summary: mean(score.name) for score in SCORES if not score.headline})
     for name in sorted(v for v in ds.data_vars if str(v).startswith("diag_")):
         result[str(name)[5:]] = float(ds[name].mean())
     result["lost_track"] = None if first_lost is None else first_lost[0]

@@ -266,7 +266,7 @@ class PlannedRun:
 
     @property
     def cycles(self) -> int:
-        return int(self.case.run["cycles"])
+        return self.case.run.cycles
 
     def command(self) -> str:
         """The ``enff run`` command that runs this configuration from the start (shell-quoted)."""

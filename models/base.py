@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-__all__ = ["Grid", "Model", "check_positive", "check_positive_int"]
+from enff.registry import Registry
+
+__all__ = ["MODELS", "Grid", "Model", "check_positive", "check_positive_int"]
 
 
 def check_positive(name: str, value: float) -> float:
@@ -212,3 +214,7 @@ class Model(ABC):
         ds["time"].attrs.update(units="1", long_name="time since end of spin-up (dimensionless model time units)")
         ds.attrs.update(model=type(self).__name__, parameters=repr(self.params), dt=self.dt, every=every, spinup=int(spinup))
         return ds
+
+
+#: Registry name (``model.name`` of a case file) -> model class; models join it with ``@MODELS.register(name)``.
+MODELS: Registry[type[Model]] = Registry("model")

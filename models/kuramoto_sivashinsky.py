@@ -24,7 +24,7 @@ from ._spectral import (
     etdrk4_step,
     wavenumbers,
 )
-from .base import Grid, Model, check_positive, check_positive_int
+from .base import MODELS, Grid, Model, check_positive, check_positive_int
 
 __all__ = ["KuramotoSivashinsky", "KuramotoSivashinskyParams"]
 
@@ -68,6 +68,7 @@ class _Coefficients:
     half_ik: torch.Tensor
 
 
+@MODELS.register("kuramoto_sivashinsky")
 class KuramotoSivashinsky(Model):
     """Batched Kuramoto-Sivashinsky model, state ``u`` of shape ``(member, dim)`` on ``x_j = j length / dim``.
 

@@ -12,7 +12,7 @@ import torch
 
 from enff.integrate import rk4_steps, tendency_field
 
-from .base import Grid, Model, check_positive, check_positive_int
+from .base import MODELS, Grid, Model, check_positive, check_positive_int
 
 __all__ = ["L63_MAX_DT_TIMES_RATE", "Lorenz63", "Lorenz63Params"]
 
@@ -50,6 +50,7 @@ class Lorenz63Params:
             raise ValueError(f"dt = {self.dt} exceeds the RK4 stability bound {dt_max:.4g} of Lorenz-63 with {self}")
 
 
+@MODELS.register("lorenz63")
 class Lorenz63(Model):
     """The three-variable Lorenz-63 system, integrated with RK4.
 

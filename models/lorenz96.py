@@ -17,7 +17,7 @@ import torch
 from enff.integrate import Tendency, rk4_steps, tendency_field
 
 from ._l96_numba import l96_rk4_parallel, l96_rk4_serial
-from .base import Grid, Model, check_positive, check_positive_int
+from .base import MODELS, Grid, Model, check_positive, check_positive_int
 
 __all__ = ["L96_MAX_DT_TIMES_FORCING", "Lorenz96", "Lorenz96Params", "lorenz96_tendency"]
 
@@ -67,6 +67,7 @@ class Lorenz96Params:
         object.__setattr__(self, "dt", dt)
 
 
+@MODELS.register("lorenz96")
 class Lorenz96(Model):
     """Lorenz-96 on a periodic ring of ``dim`` variables, integrated with RK4.
 

@@ -40,7 +40,7 @@ from ._spectral import (
     etdrk4_step,
     wavenumbers,
 )
-from .base import Grid, Model, check_positive, check_positive_int
+from .base import MODELS, Grid, Model, check_positive, check_positive_int
 
 __all__ = ["NavierStokes2D", "NavierStokes2DParams", "Velocity", "COURANT_LIMIT"]
 
@@ -168,6 +168,7 @@ def _stream_amplitude(k2: np.ndarray, length_scale: float) -> np.ndarray:
     return np.sqrt(_inverse_laplacian(k2)) * np.exp(-k2 * length_scale**2 / 4)
 
 
+@MODELS.register("navier_stokes2d")
 class NavierStokes2D(Model):
     """Batched 2-D Kolmogorov flow; state is the vorticity of shape ``(member, n, n)``, ``[member, y, x]``.
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ._spectral import PerDeviceCache, complex_dtype, dealias_mask
-from .base import Grid, Model, check_positive_int
+from .base import MODELS, Grid, Model, check_positive_int
 from .navier_stokes import NavierStokes2D, _inverse_laplacian, _spectral_axes
 
 __all__ = ["NavierStokes2DPrimitive", "FIELDS"]
@@ -33,6 +33,7 @@ __all__ = ["NavierStokes2DPrimitive", "FIELDS"]
 FIELDS = ("pressure", "u", "v")
 
 
+@MODELS.register("navier_stokes2d_primitive")
 class NavierStokes2DPrimitive(Model):
     """Batched 2-D Kolmogorov flow; state ``(member, 3, n, n)`` indexed ``[member, field, y, x]``.
 

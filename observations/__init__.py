@@ -1,10 +1,10 @@
 """Observation operators, observation error and observation sources."""
 
 from .base import Compose, Elementwise, ObservationOperator
-from .config import OPERATOR_KEYS, operator_from_config
+from .config import OPERATOR_KEYS, SELECTIONS, operator_from_config
 from .error import GaussianError
 from .operators import (
-    ELEMENTWISE,
+    OPERATORS,
     ATan,
     Identity,
     Indices,
@@ -20,8 +20,9 @@ from .sources import NetCDFObservations, ObservationSource, SyntheticObservation
 from .space import ObservationSpace, Select
 
 __all__ = [
-    "ELEMENTWISE",
+    "OPERATORS",
     "OPERATOR_KEYS",
+    "SELECTIONS",
     "ATan",
     "Compose",
     "Elementwise",

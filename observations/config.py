@@ -12,38 +12,61 @@ Operator keys (the cycle runner owns ``every``, ``std``, ``source`` and ``file``
     patches       = [[0, 8, 0, 8]]       Patch: (y0, y1, x0, x1) boxes on a 2-D state
 
 At most one selection (``stride``, ``indices``, ``fraction``, ``patches``) is allowed; it is applied
-first, then the pointwise function.
+first, then the pointwise function. The keys are those of the registries: :data:`SELECTIONS` (a selection
+key -> a factory taking it and its companions) and :data:`enff.observations.operators.OPERATORS` (the
+pointwise functions by name, with their own keys such as ``exponent``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from enff.registry import Registry
+
 from .base import ObservationOperator
-from .operators import Identity, Indices, Patch, RandomFraction, Selection, Subsample, elementwise_operator
+from .operators import OPERATORS, Identity, Indices, Patch, RandomFraction, Selection, Subsample, elementwise_operator
 
-__all__ = ["OPERATOR_KEYS", "operator_from_config"]
+__all__ = ["OPERATOR_KEYS", "SELECTIONS", "operator_from_config"]
 
-#: Operator key of the ``[observations]`` table -> accepted Python type(s) of its value.
-OPERATOR_KEYS: dict[str, type | tuple[type, ...]] = {
-    "operator": str,
-    "exponent": (int, float),
-    "stride": int,
-    "offset": int,
-    "indices": (list, tuple),
-    "fraction": (int, float),
-    "fraction_seed": int,
-    "patches": (list, tuple),
-}
+#: Selection key of the ``[observations]`` table (``stride``, ...) -> factory taking that key and its
+#: companions (``offset``, ...) as keywords. A table names at most one selection.
+SELECTIONS: Registry[Any] = Registry("observation selection")
 
-#: Selection key -> (its companion keys, builder from the table).
-_SELECTIONS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, Any]], Selection]]] = {
-    "stride": (("offset",), lambda cfg: Subsample(cfg["stride"], cfg.get("offset", 0))),
-    "indices": ((), lambda cfg: Indices(cfg["indices"])),
-    "fraction": (("fraction_seed",), lambda cfg: RandomFraction(cfg["fraction"], cfg.get("fraction_seed", 0))),
-    "patches": ((), lambda cfg: Patch(cfg["patches"])),
-}
+
+@SELECTIONS.register("stride")
+def _stride(stride: int, offset: int = 0) -> Selection:
+    return Subsample(stride, offset)
+
+
+@SELECTIONS.register("indices")
+def _indices(indices: Sequence[int]) -> Selection:
+    return Indices(indices)  # type: ignore[arg-type]
+
+
+@SELECTIONS.register("fraction")
+def _fraction(fraction: float, fraction_seed: int = 0) -> Selection:
+    return RandomFraction(fraction, fraction_seed)
+
+
+@SELECTIONS.register("patches")
+def _patches(patches: Sequence[Sequence[int]]) -> Selection:
+    return Patch(patches)  # type: ignore[arg-type]
+
+
+def _operator_keys() -> dict[str, type | tuple[type, ...]]:
+    from enff.config import accepted_types
+
+    keys: dict[str, Any] = {"operator": str}
+    for registry in (OPERATORS, SELECTIONS):
+        for name in registry:
+            keys.update({key: accepted_types(annotation) for key, annotation in registry.keys_of(name).items()})
+    return keys
+
+
+#: Operator key of the ``[observations]`` table -> accepted Python type(s) of its value: ``operator``
+#: and the keywords of the registered pointwise operators and selections.
+OPERATOR_KEYS: dict[str, type | tuple[type, ...]] = _operator_keys()
 
 
 def _check_types(cfg: Mapping[str, Any]) -> None:
@@ -57,22 +80,22 @@ def _check_types(cfg: Mapping[str, Any]) -> None:
 
 
 def _selection(cfg: Mapping[str, Any], state_shape: tuple[int, ...]) -> Selection | None:
-    chosen = [key for key in _SELECTIONS if key in cfg]
+    chosen = [key for key in SELECTIONS if key in cfg]
     if len(chosen) > 1:
-        raise ValueError(f"[observations] give at most one of {', '.join(_SELECTIONS)}; got {', '.join(chosen)}")
-    for key, (companions, _) in _SELECTIONS.items():
-        for companion in companions:
+        raise ValueError(f"[observations] give at most one of {', '.join(SELECTIONS)}; got {', '.join(chosen)}")
+    for key in SELECTIONS:
+        for companion in set(SELECTIONS.keys_of(key)) - {key}:
             if companion in cfg and key not in cfg:
                 raise ValueError(f"[observations] {companion} is only used together with {key}")
     if not chosen:
         return None
     key = chosen[0]
-    companions, build = _SELECTIONS[key]
+    keys = [k for k in SELECTIONS.keys_of(key) if k in cfg]
     try:
-        selection = build(cfg)
+        selection = SELECTIONS.build(key, **{k: cfg[k] for k in keys})
         selection.source_index(state_shape)
     except ValueError as err:
-        raise ValueError(f"[observations] {', '.join((key, *companions))}: {err}") from None
+        raise ValueError(f"[observations] {', '.join(SELECTIONS.keys_of(key))}: {err}") from None
     return selection
 
 

@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from enff.memo import IdentityMemo
 from enff.models.base import check_positive_int
+from enff.registry import Registry
 
 from .base import Elementwise, ObservationOperator, flatten_members
 
 __all__ = [
-    "ELEMENTWISE",
+    "OPERATORS",
     "ATan",
     "Identity",
     "Indices",
@@ -53,7 +55,12 @@ def _shape(shape: Sequence[int]) -> tuple[int, ...]:
 # Pointwise operators
 # --------------------------------------------------------------------------------------------------
 
+#: Operator name (``operator`` in case files and netCDF attributes) -> pointwise operator class.
+OPERATORS: Registry[type[Elementwise]] = Registry("observation operator")
 
+
+
+@OPERATORS.register("identity")
 @dataclass(frozen=True)
 class Identity(Elementwise):
     """``h(x) = x`` on every state element."""
@@ -63,6 +70,7 @@ class Identity(Elementwise):
         return z
 
 
+@OPERATORS.register("atan")
 @dataclass(frozen=True)
 class ATan(Elementwise):
     """``h(x) = arctan(x)`` on every state element (radians, in ``(-pi/2, pi/2)``)."""
@@ -72,6 +80,7 @@ class ATan(Elementwise):
         return torch.atan(z)
 
 
+@OPERATORS.register("tanh")
 @dataclass(frozen=True)
 class Tanh(Elementwise):
     """``h(x) = tanh(x)`` on every state element (values in ``(-1, 1)``)."""
@@ -106,6 +115,7 @@ class _SignedPower(torch.autograd.Function):
         return grad * ctx.exponent * torch.abs(z).pow(ctx.exponent - 1.0), None
 
 
+@OPERATORS.register("power")
 @dataclass(frozen=True)
 class Power(Elementwise):
     """Sign-preserving power ``h(x) = sign(x) |x|^p`` on every state element.
@@ -133,17 +143,13 @@ class Power(Elementwise):
         return _SignedPower.apply(z, self.exponent)
 
 
-#: Operator name (as in case files and netCDF attributes) -> pointwise operator class.
-ELEMENTWISE: dict[str, type[Elementwise]] = {"identity": Identity, "atan": ATan, "tanh": Tanh, "power": Power}
-
-
 def elementwise_operator(name: str, exponent: float | None = None) -> Elementwise:
-    """Build the pointwise operator called ``name``.
+    """Build the pointwise operator registered as ``name`` in :data:`OPERATORS`.
 
     Parameters
     ----------
     name:
-        One of the keys of :data:`ELEMENTWISE`.
+        A registered name (``"identity"``, ``"atan"``, ``"tanh"``, ``"power"``).
     exponent:
         The power for ``"power"`` (required there, rejected for the other names).
 
@@ -152,16 +158,16 @@ def elementwise_operator(name: str, exponent: float | None = None) -> Elementwis
     ValueError
         Naming ``operator`` (with the valid names) or ``exponent``.
     """
-    if name not in ELEMENTWISE:
-        valid = ", ".join(repr(n) for n in ELEMENTWISE)
+    if name not in OPERATORS:
+        valid = ", ".join(repr(n) for n in OPERATORS)
         raise ValueError(f"operator must be one of {valid}, got {name!r}")
-    if name == "power":
-        if exponent is None:
-            raise ValueError("operator 'power' needs an exponent")
-        return Power(exponent)
-    if exponent is not None:
-        raise ValueError(f"exponent only applies to operator 'power', not {name!r}")
-    return ELEMENTWISE[name]()
+    takes = OPERATORS.keys_of(name)
+    if "exponent" in takes and exponent is None:
+        raise ValueError(f"operator {name!r} needs an exponent")
+    if exponent is not None and "exponent" not in takes:
+        powers = ", ".join(repr(n) for n in OPERATORS if "exponent" in OPERATORS.keys_of(n))
+        raise ValueError(f"exponent only applies to operator {powers}, not {name!r}")
+    return OPERATORS.build(name, **({} if exponent is None else {"exponent": exponent}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,8 +179,9 @@ class Selection(ObservationOperator):
     """Keep the elements ``source_index(state_shape)`` of the flattened state.
 
     Subclasses implement :meth:`source_index` (validating the shape); ``__call__`` gathers those
-    elements. The index tensor is computed once per state shape and device and then reused, since the
-    operator is applied many times per analysis.
+    elements. The index tensor is computed once per operator object, state shape and device and then
+    reused (kept beside the operator, :data:`_INDEX_TENSORS`), since the operator is applied many times
+    per analysis.
     """
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,11 +193,12 @@ class Selection(ObservationOperator):
         return Identity().apply
 
     def _index_on(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        cache = self.__dict__.setdefault("_index_cache", {})
-        key = (shape, device)
-        if key not in cache:
-            cache[key] = torch.as_tensor(self.source_index(shape), dtype=torch.long, device=device)
-        return cache[key]
+        return _INDEX_TENSORS.get(self, (shape, device),
+                                  lambda: torch.as_tensor(self.source_index(shape), dtype=torch.long, device=device))
+
+
+#: The gathered index of each selection object, per state shape and device.
+_INDEX_TENSORS: IdentityMemo[torch.Tensor] = IdentityMemo()
 
 
 @dataclass(frozen=True)

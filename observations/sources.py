@@ -1,7 +1,8 @@
 """Where observations come from: a synthetic twin experiment or a netCDF file of real data.
 
-Both sources expose ``operator`` and ``error`` and build the :class:`ObservationSpace` a filter needs
-with :meth:`ObservationSource.space`. Missing observations are NaN and reach the filters as NaN;
+Both sources expose ``operator`` and ``error``, give each cycle's observations with
+:meth:`ObservationSource.observe` and build the :class:`ObservationSpace` a filter needs with
+:meth:`ObservationSource.space`. Missing observations are NaN and reach the filters as NaN;
 :meth:`ObservationSpace.observed` drops them.
 
 netCDF layout read by :class:`NetCDFObservations`::
@@ -19,10 +20,11 @@ Optional attributes of ``observation``: ``operator`` (``"identity"``, ``"atan"``
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,11 +40,47 @@ from .space import ObservationSpace
 __all__ = ["NetCDFObservations", "ObservationSource", "SyntheticObservations"]
 
 
-class ObservationSource:
-    """Common part of the sources: an ``operator`` and an ``error`` model."""
+class ObservationSource(ABC):
+    """Common part of the sources: an ``operator``, an ``error`` model and :meth:`observe`."""
 
     operator: ObservationOperator
     error: GaussianError
+    #: Whether the runner keeps a true state for these observations (twin experiments do, real data does not).
+    needs_truth: ClassVar[bool]
+
+    @property
+    def n_times(self) -> int | None:
+        """Number of observation times available (``None``: as many as asked for)."""
+        return None
+
+    @property
+    def input_file(self) -> Path | None:
+        """The file the observations are read from (``None`` when they are made, not read)."""
+        return None
+
+    @abstractmethod
+    def observe(
+        self,
+        cycle: int,
+        truth: torch.Tensor | None,
+        generator: torch.Generator,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """The observations of cycle ``cycle`` (1-based), shape ``(n_obs,)``, NaN where missing.
+
+        Parameters
+        ----------
+        cycle:
+            The cycle number, ``1 .. n_times``.
+        truth:
+            The true state ``(*state_shape)`` at the observation time when :attr:`needs_truth`, else ``None``.
+        generator:
+            The observation stream of the cycle: the only source of observation noise, on ``device``.
+        dtype, device:
+            Of the returned tensor.
+        """
 
     def space(
         self, grid: Grid, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
@@ -78,13 +116,25 @@ class SyntheticObservations(ObservationSource):
         object.__setattr__(self, "state_shape", tuple(int(n) for n in self.state_shape))
         self.error.std_vector(self.operator.output_size(self.state_shape))
 
-    def observe(self, truth: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Observe one true state ``truth`` of shape ``state_shape``; returns ``(n_obs,)``.
+    needs_truth: ClassVar[bool] = True
 
-        The error is drawn from ``generator``, which lives on ``truth``'s device.
+    def observe(
+        self,
+        cycle: int,
+        truth: torch.Tensor | None,
+        generator: torch.Generator,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Observe the true state ``truth`` of shape ``state_shape``: ``h(truth) + std * N(0, 1)``, shape
+        ``(n_obs,)`` (``cycle`` does not matter).
+
+        The error is drawn from ``generator``, which lives on ``truth``'s device; the result has ``truth``'s
+        dtype and device (the run's ``dtype`` and ``device``).
         """
-        if tuple(truth.shape) != self.state_shape:
-            raise ValueError(f"truth must have shape {self.state_shape}, got {tuple(truth.shape)}")
+        if truth is None or tuple(truth.shape) != self.state_shape:
+            raise ValueError(f"truth must have shape {self.state_shape}, got {None if truth is None else tuple(truth.shape)}")
         return self.error.perturb(self.operator(truth.unsqueeze(0))[0], generator)
 
 
@@ -168,10 +218,29 @@ class NetCDFObservations(ObservationSource):
         """The ``time`` coordinate, shape ``(n_times,)`` (cycle numbers when the file has none)."""
         return self._dataset["time"].values
 
+    needs_truth: ClassVar[bool] = False
+
     @property
     def n_times(self) -> int:
         """Number of observation times."""
         return int(self._dataset.sizes["time"])
+
+    @property
+    def input_file(self) -> Path:
+        """:attr:`path`."""
+        return self.path
+
+    def observe(
+        self,
+        cycle: int,
+        truth: torch.Tensor | None,
+        generator: torch.Generator,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """The row of time index ``cycle - 1`` (:meth:`observation`); ``truth`` and ``generator`` are not used."""
+        return self.observation(cycle - 1, dtype=dtype, device=device)
 
     def observation(
         self, k: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"

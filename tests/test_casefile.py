@@ -4,6 +4,7 @@ import pytest
 
 from enff.casefile import CaseError, load_case, parse_case, shipped_cases
 from enff.cli import main
+from enff.observations import ATan
 
 
 def test_shipped_cases_cover_the_published_settings():
@@ -17,9 +18,9 @@ def test_shipped_cases_cover_the_published_settings():
 @pytest.mark.parametrize("name", sorted(shipped_cases()))
 def test_every_shipped_case_validates_with_every_tuned_filter(name):
     case = load_case(name)
-    assert case.run["cycles"] >= 1
+    assert case.run.cycles >= 1
     for other in case.tables.get("filters", {}):
-        assert load_case(name, filter_name=other).filter["name"] == other
+        assert load_case(name, filter_name=other).filter.name == other
 
 
 def _edit(text, old, new):
@@ -64,7 +65,7 @@ def test_missing_section_and_invalid_toml(small_case_text):
 
 def test_overrides_parse_toml_values_and_are_validated(small_case_text):
     case = parse_case(small_case_text, overrides=["run.cycles=3", "observations.operator=atan", "model.forcing=10"])
-    assert case.run["cycles"] == 3 and case.observations["operator"] == "atan" and case.model["forcing"] == 10
+    assert case.run.cycles == 3 and case.observations.operator == ATan() and case.model.params.forcing == 10
     with pytest.raises(CaseError, match="run.cycles"):
         parse_case(small_case_text, overrides=["run.cycles=-1"])
     with pytest.raises(CaseError, match="section.key=value"):

@@ -191,11 +191,11 @@ def test_run_and_score_share_one_default_burn_in(tmp_path, small_case_file, caps
 
 
 def test_spin_up_in_chunks_equals_one_model_call(small_case_text):
-    from enff.cycle import _TRUTH_STREAM, Experiment
+    from enff.cycle import Experiment, Stream
 
     exp = Experiment(parse_case(small_case_text, overrides=["run.spinup=250"]))  # 84 chunks of 3 steps, the last 1
     truth, _ = exp.initial_condition(progress=False)
-    start = exp.model.initial_state(exp.generator(_TRUTH_STREAM), 1, dtype=exp.dtype, device=exp.device)
+    start = exp.model.initial_state(exp.generator(Stream.TRUTH), 1, dtype=exp.dtype, device=exp.device)
     assert torch.equal(truth, exp.model.step(start, 250)[0])
 
 

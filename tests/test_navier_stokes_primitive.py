@@ -46,7 +46,7 @@ def test_shape_grid_and_registry() -> None:
     [run]
     cycles = 1
     """)
-    assert isinstance(case.build_model(), NavierStokes2DPrimitive)
+    assert isinstance(case.model, NavierStokes2DPrimitive)
 
 
 def test_taylor_green_pressure_vorticity_and_decay() -> None:

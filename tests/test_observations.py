@@ -328,13 +328,13 @@ def test_gaussian_error_std_vector_and_errors() -> None:
 def test_synthetic_observations() -> None:
     source = SyntheticObservations(Subsample(every=3) | ATan(), GaussianError(0.1), (8, 6))
     truth = sample((8, 6))
-    y = source.observe(truth, torch.Generator().manual_seed(11))
+    y = source.observe(1, truth, torch.Generator().manual_seed(11))
     noise = torch.randn(6, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     torch.testing.assert_close(y, torch.atan(truth[::3, ::3].reshape(-1)) + 0.1 * noise)
     space = source.space(grid_2d(), dtype=torch.float32)
     assert space.n_obs == 6 and space.std.dtype == torch.float32
     with pytest.raises(ValueError, match=r"truth must have shape \(8, 6\)"):
-        source.observe(truth.reshape(1, 8, 6), torch.Generator())
+        source.observe(1, truth.reshape(1, 8, 6), torch.Generator())
     with pytest.raises(ValueError, match="std has 2 entries but there are 6"):
         SyntheticObservations(Subsample(every=3), GaussianError([1.0, 2.0]), (8, 6))
 
