@@ -4,7 +4,7 @@
 - Permuting the forecast members permutes the analysis (or leaves it unchanged, for filters whose
   particles are fresh draws); filters that tie random draws to member positions are declared below.
 - float32 and float64 on the CPU and on CUDA (when available) give finite analyses of the forecast's
-  shape, dtype and device.
+  shape, dtype and device, reporting every diagnostic the filter declares.
 - The Kalman-type filters reproduce the exact Kalman filter on a linear-Gaussian problem.
 
 A filter registered later is checked too: give it settings in ``SETTINGS`` if it needs any, and declare it
@@ -118,11 +118,15 @@ def test_member_permutation(name):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", _names())
 def test_dtype_and_device(name, dtype, device):
-    forecast = _forecast(dtype, device)
-    out = analysed(_build(name), forecast, _observations(dtype, device), ring_space(D, ATan(), 0.3), seed=6,
-                   previous=forecast)
+    """Finite analyses of the forecast's shape, dtype and device, with every declared diagnostic, finite."""
+    filt, forecast = _build(name), _forecast(dtype, device)
+    result = filt.analysis(forecast, _observations(dtype, device), ring_space(D, ATan(), 0.3), previous=forecast,
+                           generator=generator(6, device))
+    out = result.ensemble
     assert out.shape == forecast.shape and out.dtype == dtype and out.device == forecast.device
     assert torch.isfinite(out).all()
+    assert sorted(result.diagnostics) == sorted(filt.diagnostic_names)
+    assert all(math.isfinite(value) for value in result.diagnostics.values())
 
 
 # ------------------------------------------------------------------------------------------------
