@@ -131,10 +131,11 @@ class Lorenz96Task:
 
     Dynamics ``dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - c x_i + F`` on ``n_sites`` periodic sites,
     integrated by RK4 (:func:`enff.integrate.rk4_steps`) on the tendency of :mod:`enff.models.lorenz96`,
-    vectorised over a batch in which every member has its own ``(F, c)``. All members start from the same known state
-    ``x0_i = 2.5 + 2 sin(2 pi i / n) + sin(4 pi i / n)``. Observed: every site every ``obs_every`` steps,
-    ``n_obs`` times (the first after ``obs_every`` steps), with Gaussian error ``obs_std``; the data vector
-    is time-major, ``(batch, n_obs * n_sites)``, i.e. ``n_obs`` channels of ``n_sites`` sites.
+    vectorised over a batch in which every member has its own ``(F, c)``. All members start from the same
+    known state ``x0_i = 2.5 + 2 sin(2 pi i / n) + sin(4 pi i / n)``. Observed: every site every
+    ``obs_every`` steps, ``n_obs`` times (the first after ``obs_every`` steps), with Gaussian error
+    ``obs_std``; the data vector is time-major, ``(batch, n_obs * n_sites)``, i.e. ``n_obs`` channels of
+    ``n_sites`` sites.
 
     The "real" system (:meth:`simulate` with ``real=True``) differs from the simulator by stochastic
     forcing: white noise of intensity ``model_noise`` (per unit time) enters every RK4 step, and an
@@ -143,8 +144,8 @@ class Lorenz96Task:
     Attributes
     ----------
     n_sites, dt, obs_every, n_obs, obs_std:
-        Grid size, time step (model time units), steps between observations, number of observation
-        times, observation error standard deviation (state units).
+        Grid size (>= 4, the span of the Lorenz-96 stencil), time step (model time units), steps between
+        observations, number of observation times, observation error standard deviation (state units).
     forcing_range, damping_range:
         Bounds of the uniform prior on ``F`` and ``c``.
     model_noise, forcing_wave:
@@ -160,6 +161,10 @@ class Lorenz96Task:
     damping_range: tuple[float, float] = (0.5, 1.5)
     model_noise: float = 1.0
     forcing_wave: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.n_sites < 4:
+            raise ValueError(f"n_sites must be >= 4 (the Lorenz-96 stencil spans 4 sites), got {self.n_sites!r}")
 
     @property
     def prior(self) -> Distribution:
