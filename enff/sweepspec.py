@@ -121,11 +121,13 @@ class SweepSpec:
                     raise SpecError(f"{where}: [{table}.{scope}] names a filter that is not in sweep.filters "
                                     f"({', '.join(self.filters)})")
                 for key, values in lists.items():
-                    _check_axis(where, f"{_scope_name(table, scope)} {key}", key, values)
+                    _check_axis(where, f"{_scope_name(table, scope)} {key}", key, values, unique=table == "grid")
                 lengths = {len(v) for v in lists.values()}
                 if table == "zip" and len(lengths) > 1:
                     raise SpecError(f"{where}: the lists of {_scope_name(table, scope)} must have one length "
                                     f"to be zipped, got lengths {sorted(lengths)}")
+                if table == "zip":
+                    _check_zipped_points(where, _scope_name(table, scope), lists)
         for name in self.filters:
             seen: dict[str, str] = {}
             for table, scope, lists in self._scopes(name):
@@ -174,7 +176,9 @@ def _check_list(where: str, key: str, values: Any, kind: type) -> None:
         raise SpecError(f"{where}: {key} lists a value twice: {list(values)}")
 
 
-def _check_axis(where: str, label: str, key: str, values: Any) -> None:
+def _check_axis(where: str, label: str, key: str, values: Any, *, unique: bool) -> None:
+    """One list of a grid or zip table; ``unique``: a value may not repeat (a grid's list; a zipped list
+    may repeat values, its points are checked together by :func:`_check_zipped_points`)."""
     if not _KEY.match(key):
         raise SpecError(f"{where}: {label}: grid keys are case keys 'section.key', got {key!r}")
     if key in _RESERVED:
@@ -182,8 +186,17 @@ def _check_axis(where: str, label: str, key: str, values: Any) -> None:
     if not isinstance(values, tuple) or not values:
         raise SpecError(f"{where}: {label} must be a non-empty list of values, got {values!r}")
     texts = [format_value(v) for v in values]
-    if len(set(texts)) != len(texts):
+    if unique and len(set(texts)) != len(texts):
         raise SpecError(f"{where}: {label} lists a value twice: {list(values)}")
+
+
+def _check_zipped_points(where: str, label: str, lists: Mapping[str, tuple[Any, ...]]) -> None:
+    """The i-th values of zipped lists form point i; two equal points would be one run twice."""
+    points = [tuple(format_value(v) for v in combo) for combo in zip(*lists.values())]
+    for i, point in enumerate(points):
+        if point in points[:i]:
+            raise SpecError(f"{where}: {label} lists point {points.index(point) + 1} twice (again as point {i + 1}): "
+                            + ", ".join(f"{k}={v}" for k, v in zip(lists, point)))
 
 
 def _parse_axes(where: str, table: str, raw: Any) -> dict[str, dict[str, tuple[Any, ...]]]:
