@@ -164,7 +164,7 @@ def test_score_and_plot_commands(tmp_path, small_case_file, capsys):
     assert result["rmse"] == pytest.approx(float(ds["rmse_analysis"].mean()))
     assert main(["plot", str(out), "--outdir", str(tmp_path / "png")]) == 0
     pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
-    assert pngs == ["run_hovmoller.png", "run_rank_histogram.png", "run_scores.png"]
+    assert pngs == ["run_hovmoller.png", "run_rank_histogram.png", "run_scores.png", "run_snapshots.png"]
     assert main(["score", str(tmp_path / "missing.nc")]) == 2
 
 

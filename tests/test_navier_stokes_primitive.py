@@ -149,5 +149,5 @@ def test_published_case_cycles_with_a_localized_filter(tmp_path) -> None:
     assert ds["truth"].dims == ("time", "field", "y", "x")
     assert np.isfinite(ds["rmse_analysis"]).all()
     assert float(ds["rmse_analysis"][-1]) < float(ds["rmse_forecast"][0])
-    written = plot_run(tmp_path / "run.nc")  # one row of snapshots per field
-    assert tmp_path / "run_snapshots.png" in written
+    written = plot_run(tmp_path / "run.nc")  # one snapshots figure per field
+    assert {tmp_path / f"run_snapshots_{field}.png" for field in ("pressure", "u", "v")} <= set(written)
