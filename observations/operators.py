@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from enff.memo import IdentityMemo
 from enff.models.base import check_positive_int
 from enff.registry import Registry
 
@@ -178,8 +179,9 @@ class Selection(ObservationOperator):
     """Keep the elements ``source_index(state_shape)`` of the flattened state.
 
     Subclasses implement :meth:`source_index` (validating the shape); ``__call__`` gathers those
-    elements. The index tensor is computed once per state shape and device and then reused, since the
-    operator is applied many times per analysis.
+    elements. The index tensor is computed once per operator object, state shape and device and then
+    reused (kept beside the operator, :data:`_INDEX_TENSORS`), since the operator is applied many times
+    per analysis.
     """
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,11 +193,12 @@ class Selection(ObservationOperator):
         return Identity().apply
 
     def _index_on(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        cache = self.__dict__.setdefault("_index_cache", {})
-        key = (shape, device)
-        if key not in cache:
-            cache[key] = torch.as_tensor(self.source_index(shape), dtype=torch.long, device=device)
-        return cache[key]
+        return _INDEX_TENSORS.get(self, (shape, device),
+                                  lambda: torch.as_tensor(self.source_index(shape), dtype=torch.long, device=device))
+
+
+#: The gathered index of each selection object, per state shape and device.
+_INDEX_TENSORS: IdentityMemo[torch.Tensor] = IdentityMemo()
 
 
 @dataclass(frozen=True)

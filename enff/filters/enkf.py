@@ -12,7 +12,7 @@ from enff.observations.space import ObservationSpace
 from .base import register
 from .ensemble_space import ObservedEnsemble, ensemble_precision
 from .kalman import EnsembleKalmanFilter
-from .localization import check_radius, covariance_tapers
+from .localization import check_radius, covariance_taper_tensors
 
 __all__ = ["EnKF"]
 
@@ -64,7 +64,7 @@ class EnKF(EnsembleKalmanFilter):
         innovation_cov = scaled.T @ scaled / (n - 1)
         cross_cov = anomalies.T @ scaled / (n - 1)
         if localized:
-            state_obs, obs_obs = covariance_tapers(obs, self.radius).tensors(members.device, members.dtype)
+            state_obs, obs_obs = covariance_taper_tensors(obs, self.radius, members.device, members.dtype)
             innovation_cov, cross_cov = obs_obs * innovation_cov, state_obs * cross_cov
         innovation_cov += torch.eye(p, dtype=scaled.dtype, device=scaled.device)
         return members + (cross_cov @ _solve_spd(innovation_cov, innovations.T)).T, {}

@@ -45,7 +45,7 @@ import torch
 from enff.observations.space import ObservationSpace
 
 from .ensemble_space import observe
-from .localization import local_observations
+from .localization import local_observation_tensors
 from .local_weights import BLOCK_ELEMENTS
 from .spatial_taper import SpatialLayout, SpatialTaper
 
@@ -118,7 +118,7 @@ class KalmanGuide:
         if math.isinf(radius):
             flat = anomalies.to(torch.float64)
             return cls(anomalies, (flat @ flat.T)[None], scaled, y, obs, None)
-        active, index, weight = local_observations(obs, radius).tensors(x1.device, torch.float64)
+        active, index, weight = local_observation_tensors(obs, radius, x1.device, torch.float64)
         point = torch.as_tensor(layout.point_of(active.cpu().numpy()), device=x1.device)
         return cls(anomalies, tapered_gram(layout, taper, anomalies), scaled, y, obs, (active, index, weight, point))
 

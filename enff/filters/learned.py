@@ -9,19 +9,15 @@ spread (see :mod:`enff.amortized.analysis` for why).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from enff.observations.space import ObservationSpace
 
 from .base import Analysis, Filter, register
-
-if TYPE_CHECKING:
-    from enff.amortized import Posterior
 
 __all__ = ["LearnedAnalysis"]
 
@@ -37,23 +33,21 @@ class LearnedAnalysis(Filter):
         Path of the posterior file (relative to the working directory): tensors and plain data, read
         without running code (old pickled files are refused unless ``ENFF_TRUST_LEGACY_POSTERIORS=1``).
         It is read when the filter is built, so an unreadable file is refused before a run starts.
+    flow:
+        The :class:`~enff.amortized.Posterior` read from that file (on the CPU), once per filter (not a key).
     """
 
     posterior: str = ""
+    flow: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from enff.amortized import load_posterior
+
         if not self.posterior:
             raise ValueError("the learned analysis needs posterior = '<file>' (train one with `enff learn`)")
         if not Path(self.posterior).is_file():
             raise ValueError(f"posterior file {self.posterior!r} does not exist (train one with `enff learn`)")
-        self.flow  # read (and check) the file now, not in the first analysis
-
-    @cached_property
-    def flow(self) -> Posterior:
-        """The posterior read from :attr:`posterior` (on the CPU), read once per filter."""
-        from enff.amortized import load_posterior
-
-        return load_posterior(self.posterior)
+        object.__setattr__(self, "flow", load_posterior(self.posterior))
 
     def analysis(
         self,

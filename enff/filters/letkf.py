@@ -15,7 +15,7 @@ from enff.observations.space import ObservationSpace
 from .base import register
 from .ensemble_space import ObservedEnsemble, square_root_update, square_root_update_and_weights
 from .etkf import ETKF
-from .localization import check_radius, local_observations
+from .localization import check_radius, local_observation_tensors
 from .step_length import best_step_lengths
 
 __all__ = ["CHUNK_ELEMENTS", "LETKF", "letkf_update"]
@@ -121,7 +121,7 @@ def letkf_update(
     if math.isinf(radius):
         return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies), 0.0
     scaled = observed.anomalies.T  # (p, N)
-    active, index, weight = local_observations(obs, radius).tensors(members.device, members.dtype)
+    active, index, weight = local_observation_tensors(obs, radius, members.device, members.dtype)
     analysis = members.clone()
     shortened = 0
     chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * members.shape[0]))

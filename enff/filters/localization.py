@@ -5,7 +5,9 @@ periodic wrap on periodic axes and in as many dimensions as the grid has, never 
 index. Neighbour searches use a k-d tree; pair distances come from :meth:`Grid.distance`. The
 results depend only on the grid, the observation locations and the radius, so they are computed
 once per geometry and kept in a small least-recently-used cache (a new observation mask is a new
-geometry).
+geometry), as are their tensors on each device and dtype. A geometry is named by digests of the grid
+and of the observed state indices, each computed once per grid and operator object
+(:class:`~enff.memo.IdentityMemo`), so a cycle that reuses them hashes nothing.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from enff.memo import IdentityMemo
 from enff.models.base import Grid
 from enff.observations.space import ObservationSpace
 
@@ -29,15 +32,17 @@ __all__ = [
     "MAX_DENSE_TAPER_BYTES",
     "cached",
     "check_radius",
+    "covariance_taper_tensors",
     "covariance_tapers",
     "gaspari_cohn",
     "grid_digest",
+    "local_observation_tensors",
     "local_observations",
     "taper_pairs",
 ]
 
-#: Number of geometries whose neighbour structures are kept.
-CACHE_SIZE = 8
+#: Number of entries (a geometry's neighbour structures, or their tensors on one device and dtype) kept.
+CACHE_SIZE = 16
 
 
 def check_radius(radius: float | None, *, required: bool = False, name: str = "radius") -> float:
@@ -127,25 +132,14 @@ def taper_pairs(grid: Grid, a: np.ndarray, b: np.ndarray, radius: float) -> tupl
     return ia[order], ib[order], weight[order]
 
 
-class _TensorMemo:
-    """Mixin: convert the numpy arrays of a frozen dataclass to tensors once per (device, dtype)."""
-
-    _arrays: tuple[str, ...] = ()
-    _memo: dict
-
-    def tensors(self, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """The arrays named in ``_arrays`` as tensors on ``device``; floating arrays in ``dtype``."""
-        key = (str(torch.device(device)), dtype)
-        if key not in self._memo:
-            arrays = [getattr(self, name) for name in self._arrays]
-            self._memo[key] = tuple(
-                torch.as_tensor(a, device=device, dtype=dtype if a.dtype.kind == "f" else torch.int64) for a in arrays
-            )
-        return self._memo[key]
+def _tensors(arrays: tuple[np.ndarray, ...], device: torch.device | str, dtype: torch.dtype
+             ) -> tuple[torch.Tensor, ...]:
+    """``arrays`` as tensors on ``device``: floating arrays in ``dtype``, integer arrays as ``int64``."""
+    return tuple(torch.as_tensor(a, device=device, dtype=dtype if a.dtype.kind == "f" else torch.int64) for a in arrays)
 
 
 @dataclass(frozen=True, eq=False)
-class LocalObservations(_TensorMemo):
+class LocalObservations:
     """For each state element with observations nearby, its local observations and their tapers.
 
     Attributes
@@ -161,8 +155,6 @@ class LocalObservations(_TensorMemo):
     active: np.ndarray
     index: np.ndarray
     weight: np.ndarray
-    _memo: dict = field(default_factory=dict, repr=False)
-    _arrays = ("active", "index", "weight")
 
     @classmethod
     def from_pairs(cls, state: np.ndarray, observation: np.ndarray, weight: np.ndarray) -> "LocalObservations":
@@ -179,7 +171,7 @@ class LocalObservations(_TensorMemo):
 
 
 @dataclass(frozen=True, eq=False)
-class CovarianceTapers(_TensorMemo):
+class CovarianceTapers:
     """Dense Gaspari-Cohn tapers for covariance localization.
 
     Attributes
@@ -192,30 +184,41 @@ class CovarianceTapers(_TensorMemo):
 
     state_obs: np.ndarray
     obs_obs: np.ndarray
-    _memo: dict = field(default_factory=dict, repr=False)
-    _arrays = ("state_obs", "obs_obs")
 
 
 _CACHE: OrderedDict[tuple, object] = OrderedDict()
+#: Digests of grids and of operators' observed state indices, once per object.
+_DIGESTS: IdentityMemo[str] = IdentityMemo()
 T = TypeVar("T")
 
 
-def grid_digest(grid: Grid, *extra: np.ndarray | tuple) -> str:
-    """A short digest of a grid's positions and periodic lengths, and of ``extra`` arrays or tuples."""
-    digest = hashlib.blake2b(digest_size=16)
-    for axis in grid.axes:
-        digest.update(np.ascontiguousarray(axis, dtype=np.float64).tobytes())
-        digest.update(b"|")
-    digest.update(repr(grid.lengths).encode())
-    for item in extra:
-        digest.update(b"|")
-        digest.update(np.ascontiguousarray(item).tobytes() if isinstance(item, np.ndarray) else repr(item).encode())
-    return digest.hexdigest()
+def grid_digest(grid: Grid) -> str:
+    """A short digest of a grid's positions and periodic lengths (computed once per grid object)."""
+
+    def compute() -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for axis in grid.axes:
+            digest.update(np.ascontiguousarray(axis, dtype=np.float64).tobytes())
+            digest.update(b"|")
+        digest.update(repr(grid.lengths).encode())
+        return digest.hexdigest()
+
+    return _DIGESTS.get(grid, "grid", compute)
+
+
+def _index_digest(obs: ObservationSpace) -> str:
+    """A short digest of the observed flat state indices (computed once per operator object and state shape)."""
+    operator, shape = obs.operator, tuple(obs.state_shape)
+
+    def compute() -> str:
+        index = np.ascontiguousarray(operator.source_index(shape), dtype=np.int64)
+        return hashlib.blake2b(index.tobytes(), digest_size=16).hexdigest()
+
+    return _DIGESTS.get(operator, ("index", shape), compute)
 
 
 def _geometry_key(kind: str, obs: ObservationSpace, radius: float) -> tuple:
-    index = np.ascontiguousarray(obs.state_index, dtype=np.int64)
-    return kind, float(radius), grid_digest(obs.grid, tuple(obs.state_shape), index)
+    return kind, float(radius), grid_digest(obs.grid), tuple(obs.state_shape), _index_digest(obs)
 
 
 def cached(key: tuple, build: Callable[[], T]) -> T:
@@ -247,6 +250,19 @@ def local_observations(obs: ObservationSpace, radius: float) -> LocalObservation
         return LocalObservations.from_pairs(*taper_pairs(obs.grid, obs.grid.points(), obs.locations, radius))
 
     return cached(_geometry_key("local", obs, radius), build)
+
+
+def local_observation_tensors(obs: ObservationSpace, radius: float, device: torch.device | str, dtype: torch.dtype
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`local_observations` as tensors ``(active, index, weight)`` on ``device`` (``weight`` in ``dtype``),
+    cached beside the arrays."""
+    local = local_observations(obs, radius)
+
+    def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        active, index, weight = _tensors((local.active, local.index, local.weight), device, dtype)
+        return active, index, weight
+
+    return cached((*_geometry_key("local", obs, radius), str(torch.device(device)), dtype), build)
 
 
 #: Largest dense covariance-taper pair (state x obs plus obs x obs, float64) that is built, in bytes.
@@ -282,3 +298,16 @@ def covariance_tapers(obs: ObservationSpace, radius: float) -> CovarianceTapers:
         return CovarianceTapers(state_obs, obs_obs)
 
     return cached(_geometry_key("covariance", obs, radius), build)
+
+
+def covariance_taper_tensors(obs: ObservationSpace, radius: float, device: torch.device | str, dtype: torch.dtype
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`covariance_tapers` as tensors ``(state_obs, obs_obs)`` on ``device`` in ``dtype``, cached beside the
+    arrays."""
+    tapers = covariance_tapers(obs, radius)
+
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        state_obs, obs_obs = _tensors((tapers.state_obs, tapers.obs_obs), device, dtype)
+        return state_obs, obs_obs
+
+    return cached((*_geometry_key("covariance", obs, radius), str(torch.device(device)), dtype), build)

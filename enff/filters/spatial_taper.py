@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from enff.memo import IdentityMemo
 from enff.models.base import Grid
 
 from .localization import cached, check_radius, gaspari_cohn, grid_digest, taper_pairs
@@ -36,6 +37,9 @@ from .localization import cached, check_radius, gaspari_cohn, grid_digest, taper
 #: The direct route is taken while the taper has at most this many non-zero offsets per ``log2(points)``
 #: (one multiply-add pass per offset against an FFT's few passes per ``log2`` level).
 DIRECT_TAPS_PER_LOG2 = 4
+
+#: The layout of each grid object (:meth:`SpatialLayout.of`).
+_LAYOUTS: IdentityMemo[SpatialLayout] = IdentityMemo()
 
 __all__ = ["DIRECT_TAPS_PER_LOG2", "SpatialLayout", "SpatialTaper", "GlobalTaper", "PeriodicTaper", "SparseTaper", "spatial_taper"]
 
@@ -57,7 +61,15 @@ class SpatialLayout:
 
     @classmethod
     def of(cls, grid: Grid) -> "SpatialLayout":
-        """Split ``grid`` into leading co-located axes (all positions equal) and the spatial axes."""
+        """Split ``grid`` into leading co-located axes (all positions equal) and the spatial axes.
+
+        The layout is made once per grid object, so its spatial grid, and the tapers cached for it, are
+        found again without hashing the grid.
+        """
+        return _LAYOUTS.get(grid, cls, lambda: cls._split(grid))
+
+    @classmethod
+    def _split(cls, grid: Grid) -> "SpatialLayout":
         collocated = [bool(np.ptp(np.asarray(axis, dtype=np.float64)) == 0.0 and length is None)
                       for axis, length in zip(grid.axes, grid.lengths)]
         lead = 0
@@ -239,5 +251,5 @@ def spatial_taper(layout: SpatialLayout, radius: float) -> SpatialTaper:
         Half-width in model length units (``inf``: no localization, every point sees the whole grid).
     """
     radius = check_radius(radius, required=True)
-    key = ("spatial taper", radius, grid_digest(layout.spatial, layout.fields))
+    key = ("spatial taper", radius, grid_digest(layout.spatial), layout.fields)
     return cached(key, lambda: _build_taper(layout, radius))
