@@ -74,6 +74,12 @@ class SweepResult:
     def failures(self) -> tuple[RunOutcome, ...]:
         return tuple(o for o in self.outcomes if o.failed)
 
+    @property
+    def paths(self) -> list[Path]:
+        """Every run file the sweep wrote (failed runs included; a run that failed before its file
+        existed is left out)."""
+        return [o.path for o in self.outcomes if o.path.is_file()]
+
 
 def _cycles_in_file(path: Path) -> int | None:
     """Complete cycles in the run file ``path``, or ``None`` when there is no file."""

@@ -112,8 +112,7 @@ def test_sweep_on_local_cluster_skips_finished_runs_and_compare_equals_score(tmp
     spec = load_spec(write_spec(tmp_path))
     result = run_sweep(spec, client, progress=False)
     assert [o.status for o in result.outcomes] == ["complete"] * 8
-    files = [o.path for o in result.outcomes]
-    assert len(files) == 8 and all(p.parent == tmp_path / "runs" and p.is_file() for p in files)
+    assert len(result.paths) == 8 and all(p.parent == tmp_path / "runs" for p in result.paths)
     # running it again is no work
     again = run_sweep(spec, client, progress=False)
     assert [o.status for o in again.outcomes] == ["skipped"] * 8
@@ -138,7 +137,7 @@ def test_sweep_on_local_cluster_skips_finished_runs_and_compare_equals_score(tmp
     assert len(rows) == 4 and {r["filter"] for r in rows} == {"etkf", "letkf"}
     for row in rows:
         assert set(row["overrides"]) == {"filter.inflation"} and row["seeds"] == 2 and row["diverged"] == 0
-        paths = [p for p in files
+        paths = [p for p in result.paths
                  if f"__{row['filter']}__filter.inflation={row['overrides']['filter.inflation']}__" in p.name]
         scores = []
         for path in paths:
@@ -163,7 +162,7 @@ def test_sweep_on_local_cluster_skips_finished_runs_and_compare_equals_score(tmp
 
 def test_open_runs_has_the_configuration_as_coordinates(tmp_path, client):
     spec = load_spec(write_spec(tmp_path))
-    paths = [o.path for o in run_sweep(plan(spec)[:4], client, progress=False).outcomes]  # etkf, 2 inflations x 2 seeds
+    paths = run_sweep(plan(spec)[:4], client, progress=False).paths  # etkf, 2 inflations x 2 seeds
     ds = open_runs(paths)
     assert ds.sizes["run"] == 4
     assert list(ds["filter"].values) == ["etkf"] * 4
