@@ -86,8 +86,9 @@ def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir
     out = workdir / f"{setting}_{filter_name}_{seed}.nc"
     start = time.perf_counter()
     resume = out.is_file()
-    row = {"setting": setting, "filter": filter_name, "seed": seed, "hyper": case.filter,
-           "steps": case.filter.get("steps"), "overrides": overrides, "torch_threads": torch.get_num_threads()}
+    hyper = dict(case.tables["filter"])  # the [filter] table as run (name included)
+    row = {"setting": setting, "filter": filter_name, "seed": seed, "hyper": hyper,
+           "steps": hyper.get("steps"), "overrides": overrides, "torch_threads": torch.get_num_threads()}
     if resume:
         row["resumed"] = True
         print(f"resuming {out}", flush=True)
@@ -112,7 +113,8 @@ def run(setting: str, filter_name: str, seed: int, overrides: list[str], workdir
 def has_scored_row(rows: list[dict], setting: str, filter_name: str, seed: int, overrides: list[str]) -> bool:
     """Whether ``rows`` already score this configuration and seed (however its overrides were spelled)."""
     case = load_case(setting, filter_name=filter_name, overrides=[f"run.seed={seed}", *overrides])
-    wanted = configuration({"setting": setting, "filter": filter_name, "hyper": case.filter, "overrides": overrides})
+    wanted = configuration({"setting": setting, "filter": filter_name, "hyper": dict(case.tables["filter"]),
+                            "overrides": overrides})
     return any(configuration(r) == wanted and r["seed"] == seed and "error" not in r for r in rows)
 
 
