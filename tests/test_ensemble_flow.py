@@ -1,5 +1,6 @@
 """EnFF: samplers, guidance and the filters against independent answers (resampling, Kalman filter)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 
 from enff.filters import get_filter
 from enff.filters.ensemble_flow import EnFFF2P, EnFFOT, flow_analysis
-from enff.filters.guidance import LocalGuidance, MonteCarloGuidance, NoGuidance
+from enff.filters.guidance import GUIDANCE, LocalGuidance, MonteCarloGuidance, NoGuidance
 from enff.filters.likelihood import likelihood_gradient
 from enff.integrate import euler_maruyama, integrate
 from enff.filters.paths import OTPath
@@ -265,6 +266,25 @@ def test_analysis_shape_dtype_diagnostics_and_reproducibility(dtype):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert set(first) == set(enff.diagnostic_names) == set(second)
     assert 0.1 <= first["max_weight"] <= 1.0 and 1 <= first["distinct_members"] <= 10
+
+
+def test_the_flat_guidance_keys_build_one_guidance_object_with_the_filter():
+    filt = get_filter("enff-ot", guidance="local", guidance_scale=0.3, guidance_schedule="linear")
+    assert filt.guide == LocalGuidance(scale=0.3, schedule="linear")
+    assert get_filter("enff-f2p", guidance="mc", guidance_scale=0.3).guide == MonteCarloGuidance()
+    assert get_filter("enff-ot", guidance="none").guide == NoGuidance()
+    assert dataclasses.replace(filt, guidance="mc").guide == MonteCarloGuidance()  # rebuilt with the keys
+    assert "guide" not in repr(filt) and set(GUIDANCE) == {"local", "mc", "kalman", "none"}
+    with pytest.raises(ValueError, match="guidance must be one of"):
+        get_filter("enff-ot", guidance="kalman")  # the Gaussian guide belongs to the localized OT flow
+
+
+def test_analysis_diagnostics_are_read_only():
+    result = get_filter("enff-ot", steps=3).analysis(_forecast(n=6, d=4), torch.zeros(4, dtype=torch.float64),
+                                                     _space(4), generator=torch.Generator().manual_seed(0))
+    assert set(result.diagnostics) == {"max_weight", "distinct_members"}
+    with pytest.raises(TypeError):
+        result.diagnostics["max_weight"] = 0.0
 
 
 @pytest.mark.parametrize(
