@@ -61,12 +61,11 @@ def run(name: str, members: int, hyper: dict[str, Any], cycles: int, burn_in: in
     rmse, spread, ess = [], [], []
     seconds = 0.0
     for k in range(1, cycles + 1):
-        gen = exp.generator(Stream.CYCLE, k)
         forecast = exp.model.step(ensemble, exp.every)
         truth = exp.model.step(truth[None], exp.every)[0]
-        y = exp.observations.observe(k, truth, gen)
+        y = exp.observations.observe(k, truth, exp.generator(Stream.OBSERVATION, k))
         start = time.perf_counter()
-        result = exp.filter.analysis(forecast, y, exp.space, previous=ensemble, generator=gen)
+        result = exp.filter.analysis(forecast, y, exp.space, previous=ensemble, generator=exp.generator(Stream.FILTER, k))
         seconds += time.perf_counter() - start
         ensemble, diagnostics = result.ensemble, result.diagnostics
         mean = ensemble.mean(dim=0)

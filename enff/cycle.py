@@ -41,8 +41,11 @@ class Stream(enum.IntEnum):
     TRUTH = 0
     #: The initial ensemble (cycle 0).
     ENSEMBLE = 1
-    #: Each cycle's observation noise and the filter's draws.
-    CYCLE = 2
+    #: Each cycle's observation noise (twin experiments).
+    OBSERVATION = 2
+    #: Each cycle's draws of the filter, apart from the observations' so that they do not shift when the
+    #: number of observations changes.
+    FILTER = 3
 
 #: Exit status of a run stopped because its file could not be written (signals give 128 + the signal).
 EXIT_IO = 5
@@ -172,17 +175,18 @@ class Experiment:
               ) -> tuple[torch.Tensor | None, torch.Tensor, CycleRecord, Mapping[str, float]]:
         """Run cycle ``k`` (1-based) from the previous truth ``(*state)`` (``None`` for real observations)
         and analysis ``(member, *state)``; returns the new truth and analysis, the record and diagnostics."""
-        gen = self.generator(Stream.CYCLE, k)
         forecast = self.model.step(ensemble, self.every)
         if not bool(torch.isfinite(forecast).all()):
             raise Divergence(k, "forecast")
         if truth is not None:
             truth = self.model.step(truth[None], self.every)[0]
-        y = self.observations.observe(k, truth, gen, dtype=self.dtype, device=self.device)
+        y = self.observations.observe(k, truth, self.generator(Stream.OBSERVATION, k), dtype=self.dtype,
+                                      device=self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = wallclock.perf_counter()
-        result = self.filter.analysis(forecast, y, self.space, previous=ensemble, generator=gen)
+        result = self.filter.analysis(forecast, y, self.space, previous=ensemble,
+                                      generator=self.generator(Stream.FILTER, k))
         analysis = result.ensemble
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -266,3 +266,40 @@ def test_two_dimensional_run_plots_snapshots(tmp_path):
     assert set(ds["observation"].coords) >= {"obs_x", "obs_y", "obs_index"}
     assert main(["plot", str(out)]) == 0
     assert (tmp_path / "ns_snapshots.png").is_file()
+
+
+if "test-record-draws" not in FILTERS:
+
+    @register("test-record-draws")
+    @dataclass(frozen=True)
+    class _RecordDraws(Filter):
+        """Records the first draw of its generator in every analysis and returns the forecast (tests only)."""
+
+        draws = []
+
+        def analysis(self, forecast, y, obs, *, previous=None, generator):
+            _RecordDraws.draws.append(float(torch.rand((), generator=generator, dtype=torch.float64)))
+            return Analysis(forecast.clone())
+
+
+def test_the_filter_draws_from_its_own_stream(tmp_path, small_case_text):
+    """The filter's random stream does not depend on how many observations were drawn before it."""
+    from enff.cycle import Stream, seeded_generator
+
+    draws = FILTERS["test-record-draws"].draws
+    text = small_case_text.replace('name = "none"', 'name = "test-record-draws"').replace("cycles = 12", "cycles = 3")
+    seen = []
+    for stride in (1, 4):
+        draws.clear()
+        run_case(parse_case(text, overrides=[f"observations.stride={stride}"]), tmp_path / f"s{stride}.nc",
+                 progress=False)
+        seen.append(list(draws))
+    expected = [float(torch.rand((), generator=seeded_generator(7, Stream.FILTER, k, torch.device("cpu")),
+                                 dtype=torch.float64)) for k in (1, 2, 3)]
+    assert seen[0] == seen[1] == expected
+    # and the observations of a twin come from the observation stream: truth + std * N(0, 1)
+    ds = open_run(tmp_path / "s1.nc")
+    for k in (1, 2, 3):
+        noise = torch.randn(40, generator=seeded_generator(7, Stream.OBSERVATION, k, torch.device("cpu")),
+                            dtype=torch.float64).numpy()
+        np.testing.assert_array_equal(ds["observation"].values[k - 1], ds["truth"].values[k - 1] + noise)
