@@ -206,11 +206,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--creation-share", type=float, default=0.5,
                         help="share of the starts of a new file whose kill aims at its creation window")
+    parser.add_argument("--name", default="kill_storm", help="results/<name>.json and .md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kill_storm_") as workdir:
         result = storm(args.kills, Path(workdir), args.cycles, args.seed, args.creation_share)
     summary = result.as_dict()
-    write_results("kill_storm", {"case": CASE.format(cycles=args.cycles), "seed": args.seed,
+    write_results(args.name, {"case": CASE.format(cycles=args.cycles), "seed": args.seed,
                                  "creation_share": args.creation_share, **summary}, _markdown(summary, args.cycles))
     print(summary)
 
