@@ -48,10 +48,13 @@ def main() -> None:
     summary = "\n".join([
         "# Localized filters against the LETKF",
         "",
-        f"Specs: {', '.join(str(s.relative_to(SPECS.parent.parent)) for s in args.specs)}. "
+        f"Specs: {', '.join(str(s.resolve().relative_to(SPECS.parent.parent)) for s in args.specs)}. "
         f"Scores over the cycles after a burn-in of {args.burn_in}, mean and standard error over seeds; "
-        "one torch thread per run, runs two at a time on the 2-core machine (seconds per analysis are "
-        "therefore under load). `*` marks the best grid point of each filter.",
+        "one torch thread per run, "
+        + ("the runs scored as they were made (see the summary beside this table for how many ran at a time)"
+           if args.compare_only else f"{args.workers} run(s) at a time")
+        + " on the shared 2-core machine (seconds per analysis are therefore under load). "
+        "`*` marks the best grid point of each filter.",
         "",
         "```",
         text,
