@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="PNG figures of a run file")
     plot.add_argument("file", type=Path)
     plot.add_argument("--outdir", type=Path, default=None, help="folder for the PNGs (default: beside the file)")
+    plot.add_argument("--burn-in", type=int, default=None,
+                      help="cycles shaded as burn-in (default: the first tenth, cycles // 10, as enff score)")
 
     sub.add_parser("cases", help="list the shipped cases")
 
@@ -146,7 +148,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         return _fail(f"{args.file}: no such file")
     try:
-        paths = plot_run(args.file, args.outdir)
+        paths = plot_run(args.file, args.outdir, burn_in=args.burn_in)
     except RunFileError as err:
         return _fail(str(err))
     except (ValueError, KeyError, OSError) as err:

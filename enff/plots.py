@@ -281,6 +281,8 @@ def plot_run(path: str | Path, outdir: str | Path | None = None, *, window: int 
     if n == 0:
         raise ValueError(f"{path}: the run has no complete cycle to plot")
     burn_in = resolve_burn_in(burn_in, n)
+    if burn_in < 0:
+        raise ValueError(f"burn_in must be >= 0, got {burn_in}")
     outdir.mkdir(parents=True, exist_ok=True)
     stem, title = path.stem, path.stem
     written: list[Path] = []

@@ -22,7 +22,7 @@ def _written_and_nonempty(paths, names):
 
 
 @pytest.fixture(scope="module")
-def l96_bpf(tmp_path_factory, ):
+def l96_bpf(tmp_path_factory):
     from tests.conftest import SMALL_CASE
 
     out = tmp_path_factory.mktemp("l96") / "run.nc"
@@ -35,6 +35,14 @@ def test_one_dimensional_state_with_particle_filter_diagnostics(l96_bpf, tmp_pat
     written = plot_run(l96_bpf, tmp_path, window=8)
     _written_and_nonempty(written, ["run_scores.png", "run_diagnostics.png", "run_hovmoller.png",
                                     "run_snapshots.png", "run_rank_histogram.png"])
+
+
+def test_plot_command_takes_a_burn_in(l96_bpf, tmp_path):
+    from enff.cli import main
+
+    assert main(["plot", str(l96_bpf), "--outdir", str(tmp_path), "--burn-in", "5"]) == 0
+    assert (tmp_path / "run_diagnostics.png").stat().st_size > 5000
+    assert main(["plot", str(l96_bpf), "--outdir", str(tmp_path), "--burn-in", "-1"]) == 2
 
 
 def test_hovmoller_window_and_error_scale_centred_on_zero(l96_bpf):
