@@ -22,7 +22,7 @@ from enff.summary import summarize
 __all__ = ["SCORES", "compare", "find_run_files", "format_comparison", "records", "write_csv", "write_netcdf"]
 
 #: The averaged scores: the first keys of ``enff score``.
-SCORES = ("rmse", "spread", "crps", "spread_rmse_ratio", "analysis_seconds")
+SCORES = ("rmse", "spread", "crps", "energy_score", "spread_rmse_ratio", "analysis_seconds")
 #: Per-cycle series kept for the figures: (configuration, seed, time).
 SERIES = ("rmse_analysis", "spread_analysis")
 _COUNTS = ("diverged", "failed", "incomplete")

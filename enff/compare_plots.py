@@ -1,5 +1,6 @@
 """Figures of a comparison (:func:`enff.compare.compare`): RMSE over time, scores with error bars,
-spread against RMSE."""
+spread against RMSE. Drawn on explicit :class:`~matplotlib.figure.Figure` objects: the process's
+matplotlib backend is left alone."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from matplotlib.figure import Figure
 
 __all__ = ["plot_comparison"]
 
@@ -19,10 +21,9 @@ def _label(ds: xr.Dataset, i: int) -> str:
 
 
 def _rmse_over_time(ds: xr.Dataset, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     cases = list(dict.fromkeys(str(c) for c in ds["case"].values))
-    fig, axes = plt.subplots(len(cases), 1, figsize=(9, 3.2 * len(cases)), squeeze=False)
+    fig = Figure(figsize=(9, 3.2 * len(cases)))
+    axes = fig.subplots(len(cases), 1, squeeze=False)
     series = ds["rmse_analysis"].values  # (configuration, seed, time)
     time = ds["time"].values
     with warnings.catch_warnings():
@@ -40,15 +41,13 @@ def _rmse_over_time(ds: xr.Dataset, path: Path) -> None:
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _scores(ds: xr.Dataset, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     names = ("rmse", "spread", "crps", "spread_rmse_ratio")
     n = ds.sizes["configuration"]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 3, 0.3 * n + 1.5), sharey=True)
+    fig = Figure(figsize=(3.2 * len(names) + 3, 0.3 * n + 1.5))
+    axes = fig.subplots(1, len(names), sharey=True)
     rows = np.arange(n)
     for ax, name in zip(axes, names):
         ax.errorbar(ds[f"{name}_mean"].values, rows, xerr=np.nan_to_num(ds[f"{name}_se"].values), fmt="o", ms=3)
@@ -59,13 +58,11 @@ def _scores(ds: xr.Dataset, path: Path) -> None:
     axes[0].invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _spread_against_rmse(ds: xr.Dataset, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     for name in dict.fromkeys(str(f) for f in ds["filter"].values):
         rows = ds["filter"].values == name
         ax.scatter(ds["rmse"].values[rows].ravel(), ds["spread"].values[rows].ravel(), s=12, label=name)
@@ -82,14 +79,10 @@ def _spread_against_rmse(ds: xr.Dataset, path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_comparison(ds: xr.Dataset, outdir: str | Path) -> list[Path]:
     """Write ``rmse_time.png``, ``scores.png`` and ``spread_rmse.png`` into ``outdir``; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = [outdir / "rmse_time.png", outdir / "scores.png", outdir / "spread_rmse.png"]

@@ -50,7 +50,7 @@ __all__ = ["MAX_SEED", "SECTIONS", "AtLeast", "Between", "Case", "CaseError", "E
 #: Largest run.seed: TOML integers are signed 64-bit, and the seed is stored in the case text of every run file.
 MAX_SEED = 2**63 - 1
 #: The tables of a case file.
-SECTIONS = ("model", "observations", "ensemble", "filter", "run", "filters")
+SECTIONS = ("model", "observations", "ensemble", "filter", "run", "filters", "expected")
 _REQUIRED_SECTIONS = ("model", "observations", "ensemble", "filter", "run")
 
 
@@ -569,6 +569,10 @@ def case_from_tables(tables: Mapping[str, Any], where: str = "<case>") -> Case:
             raise CaseError(f"{where}: [filters.{other}] names no filter; filters are {', '.join(FILTERS.names())}")
         from_table(FILTERS[other], table, where, f"filters.{other}")  # checked by building it; [filter] is used
 
+    if "expected" in tables:
+        from enff.expected import parse_expected
+
+        parse_expected(where, where, tables["expected"])  # the scores the tuned filters reach; read by enff.expected
     run = from_table(RunSettings, tables["run"], where, "run")
     if run.device.startswith("cuda"):
         import torch
