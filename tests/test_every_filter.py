@@ -62,8 +62,10 @@ D, N = 8, 12  # state dimension (a ring) and ensemble size of the small problems
 
 
 def _names() -> list:
+    """Every filter the package registers (test modules may register stand-ins of their own: not these)."""
+    shipped = [name for name in FILTERS.names() if FILTERS[name].__module__.startswith("enff.")]
     return [pytest.param(name, marks=pytest.mark.skip(reason=NOT_BUILT[name])) if name in NOT_BUILT else name
-            for name in FILTERS.names()]
+            for name in shipped]
 
 
 def _build(name: str):
