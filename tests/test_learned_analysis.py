@@ -155,8 +155,8 @@ def test_training_set_from_run_files_and_a_cycling_run(tmp_path, capsys):
     # observation error std is 2; a free ensemble's error is the climatological spread (~7.4). The learned
     # analysis samples its members, so its RMSE depends on the filter's random stream: 1.04 when the filter
     # shared the observations' stream, 1.44 on its own stream (Stream.FILTER); tracking is below 0.75 x the
-    # observation error and a fifth of the free run's
-    assert rmse(learned.path) < 1.5 < 0.2 * rmse(free.path)
+    # observation error and a quarter of the free run's
+    assert rmse(learned.path) < 1.5 < 0.25 * rmse(free.path)
 
 
 def test_learn_reports_bad_input(tmp_path, capsys):
