@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_results  # noqa: E402
 
 from enff.compare import compare, format_comparison, records  # noqa: E402
-from enff.sweepspec import SweepSpec, load_spec, plan  # noqa: E402
+from enff.sweepspec import PlannedRun, SweepSpec, load_spec, plan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One torch/numba/BLAS thread per run: runs share the machine's cores through the workers.
@@ -46,9 +46,9 @@ def run_sweep(spec: Path, workers: int) -> int:
                           check=False).returncode
 
 
-def spec_cycles(spec: SweepSpec) -> int:
+def spec_cycles(spec: SweepSpec, runs: list[PlannedRun]) -> int:
     """The one ``run.cycles`` of every run of ``spec`` (``--last`` needs one)."""
-    cycles = {run.cycles for run in plan(spec)}
+    cycles = {run.cycles for run in runs}
     if len(cycles) != 1:
         raise SystemExit(f"{spec.source}: --last needs every run to have the same run.cycles, got {sorted(cycles)}")
     return cycles.pop()
@@ -69,11 +69,11 @@ def published_match(row: dict[str, Any], steps: int | None, table: list[dict[str
     return None
 
 
-def filter_steps(spec: SweepSpec, row: dict[str, Any]) -> int | None:
+def filter_steps(runs: list[PlannedRun], row: dict[str, Any]) -> int | None:
     """``filter.steps`` of a configuration: its override, else the case's value for the filter."""
     if "filter.steps" in row["overrides"]:
         return int(row["overrides"]["filter.steps"])
-    for run in plan(spec):
+    for run in runs:
         if Path(run.case_ref).stem == row["case"] and run.filter == row["filter"]:
             return getattr(run.case.filter, "steps", None)
     return None
@@ -115,14 +115,15 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     texts = []
     for path, spec in zip(args.specs, specs):
-        burn_in = spec_cycles(spec) - args.last if args.last is not None else args.burn_in
+        runs = plan(spec)  # builds every run's case once
+        burn_in = spec_cycles(spec, runs) - args.last if args.last is not None else args.burn_in
         ds = compare([spec.out_dir], burn_in=burn_in)
         texts.append(f"{path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path} "
                      f"(burn-in {ds.attrs['burn_in']}):\n{format_comparison(ds)}")
         for row in records(ds):
             row.update(spec=str(path), burn_in=ds.attrs["burn_in"])
             if table:
-                row["steps"] = filter_steps(spec, row)
+                row["steps"] = filter_steps(runs, row)
                 row["published"] = published_match(row, row["steps"], table)
             rows.append(row)
     info = machine()
