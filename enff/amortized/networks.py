@@ -15,16 +15,27 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["EmbeddingConfig", "NetworkConfig", "ConditionalFlow", "PeriodicConvEmbedding", "build_embedding",
-           "seeded_init"]
+from enff.registry import Registry
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh}
+__all__ = ["ACTIVATIONS", "EMBEDDINGS", "Activation", "EmbeddingConfig", "EmbeddingKind", "NetworkConfig",
+           "ConditionalFlow", "PeriodicConvEmbedding", "build_embedding", "make_activation", "seeded_init"]
+
+#: Names of the activation functions a network configuration may give.
+Activation = Literal["gelu", "silu", "relu", "tanh"]
+
+#: Activation name -> module class.
+ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation")
+for _name, _module in (("gelu", nn.GELU), ("silu", nn.SiLU), ("relu", nn.ReLU), ("tanh", nn.Tanh)):
+    ACTIVATIONS.register(_name)(_module)
 
 
-def _activation(name: str) -> nn.Module:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
-    return _ACTIVATIONS[name]()
+def make_activation(name: Activation) -> nn.Module:
+    """A new activation module of the registered ``name``; ``ValueError`` listing the known names otherwise."""
+    return ACTIVATIONS.get_entry(name)()
+
+
+#: Names of the embedding networks (:data:`EMBEDDINGS`).
+EmbeddingKind = Literal["identity", "mlp", "periodic_conv"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,8 @@ class EmbeddingConfig:
     Attributes
     ----------
     kind:
-        ``"identity"`` (raw z-scored ``x``; for a few dimensions), ``"mlp"`` (vectors) or
+        A registered embedding (:data:`EMBEDDINGS`): ``"identity"`` (raw z-scored ``x``; for a few
+        dimensions), ``"mlp"`` (vectors) or
         ``"periodic_conv"`` (fields on a periodic 1-D grid: ``x`` of shape ``(batch, channels * sites)``
         is read as ``(batch, channels, sites)``; circular convolutions and a mean over sites make the
         embedding invariant to shifts of the grid and usable for any number of sites).
@@ -50,7 +62,7 @@ class EmbeddingConfig:
         Odd kernel width in sites (``"periodic_conv"``).
     """
 
-    kind: Literal["identity", "mlp", "periodic_conv"] = "identity"
+    kind: EmbeddingKind = "identity"
     hidden_features: tuple[int, ...] = (64, 64)
     out_features: int = 32
     channels: int = 1
@@ -58,8 +70,7 @@ class EmbeddingConfig:
     kernel_size: int = 3
 
     def __post_init__(self) -> None:
-        if self.kind not in ("identity", "mlp", "periodic_conv"):
-            raise ValueError(f"embedding kind must be 'identity', 'mlp' or 'periodic_conv', got {self.kind!r}")
+        EMBEDDINGS.get_entry(self.kind)  # an unknown kind is refused, naming the known ones
         if self.kernel_size % 2 != 1:
             raise ValueError(f"embedding kernel_size must be odd, got {self.kernel_size!r}")
 
@@ -75,14 +86,14 @@ class NetworkConfig:
     time_features:
         Number of Fourier features of ``t`` (even); ``t`` itself is always included.
     activation:
-        ``"gelu"``, ``"silu"``, ``"relu"`` or ``"tanh"``.
+        A registered activation (:data:`ACTIVATIONS`): ``"gelu"``, ``"silu"``, ``"relu"`` or ``"tanh"``.
     embedding:
         Embedding network for ``x``.
     """
 
     hidden_features: tuple[int, ...] = (64, 128, 128, 64)
     time_features: int = 8
-    activation: str = "gelu"
+    activation: Activation = "gelu"
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
 
     def __post_init__(self) -> None:
@@ -90,14 +101,14 @@ class NetworkConfig:
             raise ValueError(f"hidden_features must be non-empty positive widths, got {self.hidden_features!r}")
         if self.time_features < 0 or self.time_features % 2:
             raise ValueError(f"time_features must be even and >= 0, got {self.time_features!r}")
-        _activation(self.activation)
+        ACTIVATIONS.get_entry(self.activation)
 
 
 class _MLPEmbedding(nn.Sequential):
-    def __init__(self, in_features: int, hidden: tuple[int, ...], out_features: int, activation: str) -> None:
+    def __init__(self, in_features: int, hidden: tuple[int, ...], out_features: int, activation: Activation) -> None:
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [nn.Linear(in_features, width), _activation(activation)]
+            layers += [nn.Linear(in_features, width), make_activation(activation)]
             in_features = width
         super().__init__(*layers, nn.Linear(in_features, out_features))
 
@@ -110,14 +121,14 @@ class PeriodicConvEmbedding(nn.Module):
     """
 
     def __init__(self, channels: int, conv_channels: tuple[int, ...], kernel_size: int, out_features: int,
-                 activation: str) -> None:
+                 activation: Activation) -> None:
         super().__init__()
         self.channels = channels
         layers: list[nn.Module] = []
         c_in = channels
         for c_out in conv_channels:
             layers += [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2, padding_mode="circular"),
-                       _activation(activation)]
+                       make_activation(activation)]
             c_in = c_out
         self.convs = nn.Sequential(*layers)
         self.out = nn.Linear(c_in, out_features)
@@ -130,23 +141,41 @@ class PeriodicConvEmbedding(nn.Module):
         return self.out(h.mean(dim=2))
 
 
-def build_embedding(config: EmbeddingConfig, x_dim: int, activation: str) -> tuple[nn.Module, int]:
-    """Build the embedding network of ``config`` for data of ``x_dim`` features; returns ``(net, out_dim)``."""
-    if config.kind == "identity":
-        return nn.Identity(), x_dim
-    if config.kind == "mlp":
-        return _MLPEmbedding(x_dim, config.hidden_features, config.out_features, activation), config.out_features
+#: ``build(config, x_dim, activation) -> (net, out_dim)``: an embedding network for data of ``x_dim`` features.
+EmbeddingBuilder = Callable[["EmbeddingConfig", int, Activation], tuple[nn.Module, int]]
+
+#: Embedding kind (:data:`EmbeddingKind`) -> builder.
+EMBEDDINGS: Registry[EmbeddingBuilder] = Registry("embedding kind")
+
+
+@EMBEDDINGS.register("identity")
+def _identity_embedding(config: EmbeddingConfig, x_dim: int, act: Activation) -> tuple[nn.Module, int]:
+    return nn.Identity(), x_dim
+
+
+@EMBEDDINGS.register("mlp")
+def _mlp_embedding(config: EmbeddingConfig, x_dim: int, act: Activation) -> tuple[nn.Module, int]:
+    return _MLPEmbedding(x_dim, config.hidden_features, config.out_features, act), config.out_features
+
+
+@EMBEDDINGS.register("periodic_conv")
+def _periodic_conv_embedding(config: EmbeddingConfig, x_dim: int, act: Activation) -> tuple[nn.Module, int]:
     return (PeriodicConvEmbedding(config.channels, config.conv_channels, config.kernel_size, config.out_features,
-                                  activation), config.out_features)
+                                  act), config.out_features)
+
+
+def build_embedding(config: EmbeddingConfig, x_dim: int, activation: Activation) -> tuple[nn.Module, int]:
+    """Build the embedding network of ``config`` for data of ``x_dim`` features; returns ``(net, out_dim)``."""
+    return EMBEDDINGS.get_entry(config.kind)(config, x_dim, activation)
 
 
 class _GatedResidualBlock(nn.Module):
     """``skip(h) + r(h) * sigmoid(W c + b)`` with ``r`` two linear layers and activations."""
 
-    def __init__(self, in_features: int, out_features: int, context_features: int, activation: str) -> None:
+    def __init__(self, in_features: int, out_features: int, context_features: int, activation: Activation) -> None:
         super().__init__()
-        self.residual = nn.Sequential(_activation(activation), nn.Linear(in_features, out_features),
-                                      _activation(activation), nn.Linear(out_features, out_features))
+        self.residual = nn.Sequential(make_activation(activation), nn.Linear(in_features, out_features),
+                                      make_activation(activation), nn.Linear(out_features, out_features))
         self.gate = nn.Linear(context_features, out_features)
         self.skip = nn.Identity() if in_features == out_features else nn.Linear(in_features, out_features)
 
@@ -184,7 +213,7 @@ class ConditionalFlow(nn.Module):
         self.inp = nn.Linear(dim + context, widths[0])
         self.blocks = nn.ModuleList(_GatedResidualBlock(a, b, context, config.activation)
                                     for a, b in zip((widths[0], *widths), widths))
-        self.out = nn.Sequential(_activation(config.activation), nn.Linear(widths[-1], dim))
+        self.out = nn.Sequential(make_activation(config.activation), nn.Linear(widths[-1], dim))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embed conditioning data ``x`` of shape ``(batch, x_dim)``; returns ``(batch, embed_dim)``."""
