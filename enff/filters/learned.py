@@ -1,23 +1,31 @@
-"""The learned analysis: an amortized posterior (FMPE or FMCPE) as the analysis step of a cycling run.
+"""The learned analysis: an amortized posterior as the analysis step of a cycling run.
 
-The posterior file is one written by ``enff learn`` (or by :meth:`enff.amortized.Posterior.save` on a
-posterior trained on :func:`enff.amortized.analysis.analysis_training_set` pairs): a flow over the
-flattened state conditioned on the observation and the forecast mean and spread. Each analysis draws the
-``N`` members from it at the current context; the forecast members enter only through their mean and
-spread (see :mod:`enff.amortized.analysis` for why).
+The posterior file holds one of two kinds of posterior:
+
+- a field posterior (:class:`~enff.amortized.field_analysis.FieldPosterior`, trained by
+  :class:`~enff.amortized.field_analysis.FieldFMPE`): a translation-equivariant flow on the model's periodic
+  grid, conditioned per grid point on the observation and its mask and on the forecast members. It serves any
+  grid size of its layout (1-D or 2-D, number of fields) and any number of observations, missing ones included.
+  The ``N`` members are ``N`` independent draws, each integrating the flow from its own base draw on the
+  case's device (why that gives the right spread: :mod:`enff.amortized.field_analysis`);
+- a vector posterior (FMPE or FMCPE, written by ``enff learn``): a flow over the flattened state conditioned
+  on the observation and the forecast mean and spread, for one state size (see :mod:`enff.amortized.analysis`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from enff.observations.space import ObservationSpace
 
 from .base import Analysis, Filter, register
+
+if TYPE_CHECKING:
+    from enff.amortized.field_analysis import FieldPosterior
 
 __all__ = ["LearnedAnalysis"]
 
@@ -58,6 +66,37 @@ class LearnedAnalysis(Filter):
         previous: torch.Tensor | None = None,
         generator: torch.Generator,
     ) -> Analysis:
+        from enff.amortized.field_analysis import FieldPosterior
+
+        if isinstance(self.flow, FieldPosterior):
+            return Analysis(self._field_draws(self.flow, forecast, y, obs, generator))
+        return Analysis(self._vector_draws(forecast, y, generator))
+
+    def _field_draws(self, posterior: FieldPosterior, forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace,
+                     generator: torch.Generator) -> torch.Tensor:
+        """``N`` draws of the field posterior at this cycle's context, shaped and typed like ``forecast``."""
+        from enff.amortized.field_analysis import FieldContext, observation_field
+        from enff.amortized.field_network import FieldLayout
+
+        try:
+            layout = FieldLayout.of(obs.grid)
+        except ValueError as err:
+            raise ValueError(f"{self.posterior} holds a field posterior ({posterior.layout.describe()}): {err}") from None
+        if layout != posterior.layout:
+            raise ValueError(f"{self.posterior} was trained for a {posterior.layout.describe()}; this case's state "
+                             f"of shape {tuple(forecast.shape[1:])} is a {layout.describe()}")
+        value, mask = observation_field(y, obs, layout)
+        context = FieldContext(value[None], mask[None], layout.to_channels(forecast)[None])
+        draws = posterior.sample(forecast.shape[0], context, generator=generator)
+        return draws.reshape(forecast.shape).to(dtype=forecast.dtype)
+
+    def _vector_draws(
+        self,
+        forecast: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """``N`` draws of the vector posterior at the context (observation, forecast mean and spread)."""
         from enff.amortized.analysis import analysis_context
 
         if not bool(torch.isfinite(y).all()):
@@ -74,4 +113,4 @@ class LearnedAnalysis(Filter):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         cpu_generator = torch.Generator().manual_seed(seed)
         draws = posterior.sample(members, context.reshape(1, -1).float().cpu(), generator=cpu_generator)
-        return Analysis(draws.reshape(members, *state_shape).to(device=forecast.device, dtype=forecast.dtype))
+        return draws.reshape(members, *state_shape).to(device=forecast.device, dtype=forecast.dtype)
