@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_SEED", "SECTIONS", "AtLeast", "Between", "Case", "CaseError", "EnsembleSettings", "Finite",
            "ObservationSetup", "RunSettings", "accepted_types", "case_from_tables", "check_table", "check_value",
-           "construct", "from_table"]
+           "construct", "from_table", "union_arms"]
 
 #: Largest run.seed: TOML integers are signed 64-bit, and the seed is stored in the case text of every run file.
 MAX_SEED = 2**63 - 1
@@ -140,13 +140,13 @@ def accepted_types(annotation: Any) -> type | tuple[type, ...] | None:
     return None
 
 
-def _arms(annotation: Any) -> list[Any]:
+def union_arms(annotation: Any) -> list[Any]:
     """The alternatives of a union (``Annotated`` stripped), else ``[annotation]``."""
     origin = typing.get_origin(annotation)
     if origin is Annotated:
-        return _arms(typing.get_args(annotation)[0])
+        return union_arms(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
-        return [a for arg in typing.get_args(annotation) for a in _arms(arg)]
+        return [a for arg in typing.get_args(annotation) for a in union_arms(arg)]
     return [annotation]
 
 
@@ -175,7 +175,7 @@ def _describe(arm: Any) -> str:
 def check_value(label: str, value: Any, annotation: Any) -> None:
     """Raise ``ValueError`` (``"<label> must be ..., got <value>"``) unless ``value`` fits ``annotation``:
     its types, its ``Literal`` values and the constraints declared with ``Annotated``."""
-    arms = [a for a in _arms(annotation) if a is not type(None)] if value is not None else _arms(annotation)
+    arms = [a for a in union_arms(annotation) if a is not type(None)] if value is not None else union_arms(annotation)
     if not any(_arm_accepts(arm, value) for arm in arms):
         literal = [a for a in arms if typing.get_origin(a) is Literal]
         if literal and len(literal) == len(arms):

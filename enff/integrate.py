@@ -33,10 +33,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol
 
 import torch
 
+from .checks import check_choices, check_positive_int
 from .registry import Registry
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "STEPPERS",
     "Method",
     "Sampler",
-    "SAMPLERS",
     "Euler",
     "Heun",
     "RK4",
@@ -70,9 +70,9 @@ Tendency = Callable[[torch.Tensor, torch.Tensor], None]
 #: Names of the registered steppers.
 Method = Literal["euler", "heun", "rk4", "dopri5"]
 
-#: The fixed-evaluation-count samplers of the generative filters (cost counted as ``S`` evaluations).
+#: The fixed-evaluation-count samplers of the generative filters (cost counted as ``S`` evaluations), a
+#: subset of :data:`Method`.
 Sampler = Literal["euler", "heun"]
-SAMPLERS: tuple[str, ...] = get_args(Sampler)
 
 
 @dataclass(frozen=True)
@@ -103,12 +103,6 @@ class Stepper(Protocol):
 STEPPERS: Registry[type] = Registry("ODE sampler")
 
 
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _check_tolerances(rtol: float, atol: float) -> None:
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"solver rtol and atol must be > 0, got rtol={rtol!r}, atol={atol!r}")
@@ -121,7 +115,8 @@ class _Trapezoidal:
     evaluations: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "evaluations", _positive_int("the number of field evaluations S", self.evaluations))
+        evaluations = check_positive_int("the number of field evaluations S", self.evaluations)
+        object.__setattr__(self, "evaluations", evaluations)
 
     def corrected(self) -> list[bool]:
         """Per step of the uniform grid: Heun (``True``, two evaluations) or Euler (``False``, one)."""
@@ -216,7 +211,7 @@ class RK4:
     n_steps: int = 50
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "n_steps", _positive_int("solver n_steps", self.n_steps))
+        object.__setattr__(self, "n_steps", check_positive_int("solver n_steps", self.n_steps))
 
     def solve(self, field: Field, x: torch.Tensor, start: float, end: float) -> ODEResult:
         """See :class:`Stepper`."""
@@ -379,7 +374,7 @@ def euler_maruyama(
     -------
     The state at ``end``, a new tensor shaped like ``x``.
     """
-    evaluations = _positive_int("the number of field evaluations S", evaluations)
+    evaluations = check_positive_int("the number of field evaluations S", evaluations)
     x = x.clone()
     for k in range(evaluations):
         t = start + (end - start) * k / evaluations
@@ -416,9 +411,8 @@ class SolverConfig:
     max_steps: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.method not in get_args(SolverMethod):
-            raise ValueError(f"solver method must be one of {get_args(SolverMethod)}, got {self.method!r}")
-        _positive_int("solver n_steps", self.n_steps)  # every setting is checked, also those the method ignores
+        check_choices(self)
+        check_positive_int("solver n_steps", self.n_steps)  # every setting is checked, also those the method ignores
         _check_tolerances(self.rtol, self.atol)
 
     def stepper(self) -> Stepper:

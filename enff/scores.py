@@ -121,7 +121,7 @@ class Score:
 
     def evaluate(self, forecast: torch.Tensor, analysis: torch.Tensor, truth: torch.Tensor | None) -> float:
         """The score of this cycle's ``forecast`` / ``analysis`` ``(member, *state)`` against ``truth`` ``(*state)``."""
-        ensemble = forecast if self.ensemble == "forecast" else analysis
+        ensemble = {"forecast": forecast, "analysis": analysis}[self.ensemble]
         return float(self.function(ensemble, truth) if self.needs_truth else self.function(ensemble))
 
 

@@ -15,24 +15,10 @@ import numpy as np
 import torch
 import xarray as xr
 
+from enff.checks import check_positive_int
 from enff.registry import Registry
 
-__all__ = ["MODELS", "Grid", "Model", "check_positive", "check_positive_int"]
-
-
-def check_positive(name: str, value: float) -> float:
-    """Return ``float(value)`` or raise ``ValueError`` naming ``name`` if it is not finite and > 0."""
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-    return value
-
-
-def check_positive_int(name: str, value: int) -> int:
-    """Return ``value`` or raise ``ValueError`` naming ``name`` if it is not an integer >= 1."""
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+__all__ = ["MODELS", "Grid", "Model"]
 
 
 @dataclass(frozen=True)

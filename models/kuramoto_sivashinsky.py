@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from enff.checks import check_positive, check_positive_int
+
 from ._spectral import (
     Etdrk4Coefficients,
     PerDeviceCache,
@@ -24,7 +26,7 @@ from ._spectral import (
     etdrk4_step,
     wavenumbers,
 )
-from .base import MODELS, Grid, Model, check_positive, check_positive_int
+from .base import MODELS, Grid, Model
 
 __all__ = ["KuramotoSivashinsky", "KuramotoSivashinskyParams"]
 

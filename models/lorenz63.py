@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from enff.checks import check_positive, check_positive_int
 from enff.integrate import rk4_steps, tendency_field
 
-from .base import MODELS, Grid, Model, check_positive, check_positive_int
+from .base import MODELS, Grid, Model
 
 __all__ = ["L63_MAX_DT_TIMES_RATE", "Lorenz63", "Lorenz63Params"]
 

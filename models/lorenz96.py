@@ -8,18 +8,23 @@ preallocated buffers (:func:`enff.integrate.rk4_steps`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
 import torch
 
+from enff.checks import check_positive, check_positive_int
+from enff.config import check_value
 from enff.integrate import Tendency, rk4_steps, tendency_field
 
 from ._l96_numba import l96_rk4_parallel, l96_rk4_serial
-from .base import MODELS, Grid, Model, check_positive, check_positive_int
+from .base import MODELS, Grid, Model
 
-__all__ = ["L96_MAX_DT_TIMES_FORCING", "Lorenz96", "Lorenz96Params", "lorenz96_tendency"]
+__all__ = ["BACKENDS", "KERNELS", "L96_MAX_DT_TIMES_FORCING", "Backend", "Kernel", "Lorenz96", "Lorenz96Params",
+           "lorenz96_tendency"]
 
 #: Largest accepted ``dt * max(|F|, 1)``. Measured here with RK4 from 100 states on the attractor
 #: (40 variables, 30 time units) for F = 4, 8, 16 and 32: at dt * F = 1.3 every trajectory stayed
@@ -29,7 +34,15 @@ __all__ = ["L96_MAX_DT_TIMES_FORCING", "Lorenz96", "Lorenz96Params", "lorenz96_t
 L96_MAX_DT_TIMES_FORCING = 1.4
 
 Backend = Literal["auto", "torch", "numba", "numba-serial"]
-_BACKENDS = ("auto", "torch", "numba", "numba-serial")
+#: The integrators a backend runs: the torch RK4 or a numba kernel.
+Kernel = Literal["torch", "numba", "numba-serial"]
+#: The kernel each :data:`Backend` runs on CPU tensors and on tensors of any other device (``None``: refused).
+BACKENDS: Mapping[Backend, tuple[Kernel, Kernel | None]] = MappingProxyType({
+    "auto": ("numba", "torch"),
+    "torch": ("torch", "torch"),
+    "numba": ("numba", None),
+    "numba-serial": ("numba-serial", None),
+})
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,7 @@ class Lorenz96(Model):
     long_name = "Lorenz-96 variable"
 
     def __init__(self, dim: int = 40, forcing: float = 8.0, dt: float = 0.05, *, backend: Backend = "auto") -> None:
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        check_value("backend", backend, Backend)
         self.params = Lorenz96Params(dim=dim, forcing=forcing, dt=dt)
         self.backend = backend
         self._grid = Grid(axes=(np.arange(self.params.dim, dtype=np.float64),), lengths=(float(self.params.dim),))
@@ -128,24 +140,39 @@ class Lorenz96(Model):
         """
         self.check_state(x)
         n_steps = check_positive_int("n_steps", n_steps)
-        backend = self._resolve_backend(x.device)
-        if backend == "torch":
-            tendency = lorenz96_tendency(self.params.dim, self.params.forcing, device=x.device)
-            return rk4_steps(tendency_field(tendency, x), x, self.params.dt, n_steps)
-        kernel = l96_rk4_parallel if backend == "numba" else l96_rk4_serial
+        return KERNELS[self._resolve_backend(x.device)](self.params, x, n_steps)
+
+    def _resolve_backend(self, device: torch.device) -> Kernel:
+        """The kernel that runs on ``device``; raise if a numba backend meets a non-CPU tensor."""
+        on_cpu, elsewhere = BACKENDS[self.backend]
+        kernel = on_cpu if device.type == "cpu" else elsewhere
+        if kernel is None:
+            raise ValueError(f"backend={self.backend!r} needs CPU tensors, got a state on {device}")
+        return kernel
+
+
+def _torch_steps(params: Lorenz96Params, x: torch.Tensor, n_steps: int) -> torch.Tensor:
+    tendency = lorenz96_tendency(params.dim, params.forcing, device=x.device)
+    return rk4_steps(tendency_field(tendency, x), x, params.dt, n_steps)
+
+
+def _numba_steps(kernel: Callable[..., None]) -> Callable[[Lorenz96Params, torch.Tensor, int], torch.Tensor]:
+    def run(params: Lorenz96Params, x: torch.Tensor, n_steps: int) -> torch.Tensor:
         src = x.detach().contiguous()
         out = torch.empty_like(src)
         scalar = src.numpy().dtype.type
-        kernel(src.numpy(), out.numpy(), scalar(self.params.forcing), scalar(self.params.dt), n_steps)
+        kernel(src.numpy(), out.numpy(), scalar(params.forcing), scalar(params.dt), n_steps)
         return out
 
-    def _resolve_backend(self, device: torch.device) -> str:
-        """Name of the backend that runs on ``device``; raise if a numba backend meets a non-CPU tensor."""
-        if self.backend == "auto":
-            return "numba" if device.type == "cpu" else "torch"
-        if self.backend != "torch" and device.type != "cpu":
-            raise ValueError(f"backend={self.backend!r} needs CPU tensors, got a state on {device}")
-        return self.backend
+    return run
+
+
+#: ``n_steps`` RK4 steps of ``(member, dim)`` states by each :data:`Kernel` (a new tensor like ``x``).
+KERNELS: Mapping[Kernel, Callable[[Lorenz96Params, torch.Tensor, int], torch.Tensor]] = MappingProxyType({
+    "torch": _torch_steps,
+    "numba": _numba_steps(l96_rk4_parallel),
+    "numba-serial": _numba_steps(l96_rk4_serial),
+})
 
 
 def lorenz96_tendency(

@@ -31,6 +31,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from enff.checks import check_positive, check_positive_int
+
 from ._spectral import (
     Etdrk4Coefficients,
     PerDeviceCache,
@@ -40,7 +42,7 @@ from ._spectral import (
     etdrk4_step,
     wavenumbers,
 )
-from .base import MODELS, Grid, Model, check_positive, check_positive_int
+from .base import MODELS, Grid, Model
 
 __all__ = ["NavierStokes2D", "NavierStokes2DParams", "Velocity", "COURANT_LIMIT"]
 

@@ -23,8 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from enff.checks import check_positive_int
+
 from ._spectral import PerDeviceCache, complex_dtype, dealias_mask
-from .base import MODELS, Grid, Model, check_positive_int
+from .base import MODELS, Grid, Model
 from .navier_stokes import NavierStokes2D, _inverse_laplacian, _spectral_axes
 
 __all__ = ["NavierStokes2DPrimitive", "FIELDS"]

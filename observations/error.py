@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from enff.models.base import check_positive_int
+from enff.checks import check_positive_int
 
 __all__ = ["GaussianError"]
 

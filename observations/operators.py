@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from enff.checks import check_positive_int
 from enff.memo import IdentityMemo
-from enff.models.base import check_positive_int
 from enff.registry import Registry
 
 from .base import Elementwise, ObservationOperator, flatten_members

@@ -50,11 +50,14 @@ against ``K = 512``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 import torch
 
+from ..checks import check_choices
 from .divergence import flow_log_prob
 from .flow_matching import coupling_path, flow_matching_loss, sample_time
 from .fmpe import FMPEPosterior
@@ -64,10 +67,18 @@ from .posterior import Incomplete, Posterior, check_pairs, check_rows, new_gener
 from .storage import config_from_data
 from .training import TrainingConfig, TrainingHistory, train
 
-__all__ = ["FMCPE", "FMCPEPosterior", "MIN_CALIBRATION", "small_set_training"]
+__all__ = ["CONDITIONINGS", "FMCPE", "FMCPEPosterior", "MIN_CALIBRATION", "SOURCE_MAPS", "Condition", "Conditioning",
+           "ObservationSource", "ParameterSource", "Reader", "small_set_training", "source_map"]
 
 #: Smallest calibration set accepted: a validation pair and a few training pairs.
 MIN_CALIBRATION = 5
+
+#: The start of the observation flow ``T_y`` (see :class:`FMCPE`).
+ObservationSource = Literal["affine", "identity"]
+#: The stage-one draws the parameter flow is trained on (see :class:`FMCPE`).
+ParameterSource = Literal["carried", "simulated"]
+#: What both stage-two flows are conditioned on (see :class:`FMCPE`).
+Condition = Literal["summary", "data"]
 
 
 @dataclass(frozen=True)
@@ -125,9 +136,9 @@ class FMCPE:
     solver: SolverConfig = field(default_factory=lambda: SolverConfig(n_steps=20))
     sigma_min: float = 0.05
     source_noise: float | None = 0.3
-    observation_source: str = "affine"
-    parameter_source: str = "carried"
-    condition: str = "summary"
+    observation_source: ObservationSource = "affine"
+    parameter_source: ParameterSource = "carried"
+    condition: Condition = "summary"
     parameter_source_noise: float = 0.0
     n_summary: int = 64
     n_source: int = 32
@@ -142,14 +153,9 @@ class FMCPE:
             raise ValueError(f"sigma_min and source_noise must be >= 0, got {self.sigma_min!r}, {self.source_noise!r}")
         if not self.parameter_source_noise >= 0:
             raise ValueError(f"parameter_source_noise must be >= 0, got {self.parameter_source_noise!r}")
-        if self.observation_source not in ("affine", "identity"):
-            raise ValueError(f"observation_source must be 'affine' or 'identity', got {self.observation_source!r}")
-        if self.condition not in ("summary", "data"):
-            raise ValueError(f"condition must be 'summary' or 'data', got {self.condition!r}")
+        check_choices(self)  # observation_source, parameter_source, condition
         if self.n_summary < 2:
             raise ValueError(f"n_summary must be >= 2, got {self.n_summary!r}")
-        if self.parameter_source not in ("carried", "simulated"):
-            raise ValueError(f"parameter_source must be 'carried' or 'simulated', got {self.parameter_source!r}")
         if self.n_source < 1 or self.n_monte_carlo < 1:
             raise ValueError(f"n_source and n_monte_carlo must be >= 1, got {self.n_source!r}, {self.n_monte_carlo!r}")
 
@@ -178,7 +184,7 @@ class FMCPE:
         slope, intercept, spread = source_map(z_x, z_y, self.observation_source, self.source_noise)
         reader = Reader(self.condition, self.n_summary)
         context = reader(stage, y.float())
-        network = self.network if self.condition == "data" else replace(self.network, embedding=EmbeddingConfig())
+        network = self.network if reader.embedded else replace(self.network, embedding=EmbeddingConfig())
         observation = seeded_init(self.seed, lambda: ConditionalFlow(stage.x_dim, context.shape[1], network))
         parameter = seeded_init(self.seed + 1, lambda: ConditionalFlow(stage.theta_dim, context.shape[1], network))
         observation, parameter = observation.to(theta.device), parameter.to(theta.device)
@@ -201,12 +207,12 @@ class FMCPE:
         # Stage-one draws for the parameter flow: from the simulations x_i (the published scheme) or from
         # observations carried by the trained T_y (the law the sampler uses, whatever T_y has learned).
         with torch.no_grad():
-            if self.parameter_source == "carried":
-                z_c = _carry(observation, z_y.repeat(self.n_source, 1), context.repeat(self.n_source, 1),
-                             slope, intercept, spread, generator, self.solver)
-                conditions = stage.x_scaler.inverse(z_c)
-            else:
-                conditions = x.float().repeat(self.n_source, 1)
+            conditions = {
+                "carried": lambda: stage.x_scaler.inverse(_carry(
+                    observation, z_y.repeat(self.n_source, 1), context.repeat(self.n_source, 1), slope, intercept,
+                    spread, generator, self.solver)),
+                "simulated": lambda: x.float().repeat(self.n_source, 1),
+            }[self.parameter_source]()
             bank = stage.sample_rows(conditions, generator, self.solver, reject=False)
         # The widening noise is drawn once per stored draw: fresh noise at every step trained longer and
         # gave narrower, less accurate corrections on Lorenz-96 with 30 pairs (measured, see the benchmarks).
@@ -238,7 +244,29 @@ def small_set_training(n: int, *, batch_size: int = 64, validation_fraction: flo
                           **kwargs)
 
 
-def source_map(z_x: torch.Tensor, z_y: torch.Tensor, kind: str, noise: float | None
+def _identity_source(z_x: torch.Tensor, z_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dim = z_x.shape[1]
+    return torch.ones(dim, device=z_x.device), torch.zeros(dim, device=z_x.device), (z_x - z_y).std(dim=0)
+
+
+def _affine_source(z_x: torch.Tensor, z_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = z_x.shape[0]
+    my, mx = z_y.mean(dim=0), z_x.mean(dim=0)
+    var = ((z_y - my) ** 2).mean(dim=0)
+    slope = ((z_y - my) * (z_x - mx)).mean(dim=0) / var.clamp_min(1e-8)
+    intercept = mx - slope * my
+    resid = z_x - slope * z_y - intercept
+    return slope, intercept, (resid.pow(2).sum(dim=0) / max(n - 2, 1)).sqrt()
+
+
+#: Slope, intercept and estimated spread of each :data:`ObservationSource` from ``z_x`` and ``z_y``
+#: (see :func:`source_map`).
+SOURCE_MAPS: Mapping[ObservationSource, Callable[[torch.Tensor, torch.Tensor],
+                                                 tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = (
+    MappingProxyType({"affine": _affine_source, "identity": _identity_source}))
+
+
+def source_map(z_x: torch.Tensor, z_y: torch.Tensor, kind: ObservationSource, noise: float | None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Slope, intercept and spread (each ``(x_dim,)``) of the observation flow's source ``slope * y + b + spread * eps``.
 
@@ -247,41 +275,79 @@ def source_map(z_x: torch.Tensor, z_y: torch.Tensor, kind: str, noise: float | N
     the flow then corrects. ``"identity"``: the published source ``y + noise * eps``. A given ``noise``
     replaces the estimated spread.
     """
-    n, dim = z_x.shape
-    if kind == "identity":
-        slope, intercept = torch.ones(dim, device=z_x.device), torch.zeros(dim, device=z_x.device)
-        spread = (z_x - z_y).std(dim=0)
-    else:
-        my, mx = z_y.mean(dim=0), z_x.mean(dim=0)
-        var = ((z_y - my) ** 2).mean(dim=0)
-        slope = ((z_y - my) * (z_x - mx)).mean(dim=0) / var.clamp_min(1e-8)
-        intercept = mx - slope * my
-        resid = z_x - slope * z_y - intercept
-        spread = (resid.pow(2).sum(dim=0) / max(n - 2, 1)).sqrt()
+    dim = z_x.shape[1]
+    slope, intercept, spread = SOURCE_MAPS[kind](z_x, z_y)
     if noise is not None:
         spread = torch.full((dim,), float(noise), device=z_x.device)
     return slope, intercept, spread
 
 
+def _read_data(reader: Reader, stage: FMPEPosterior, y: torch.Tensor) -> torch.Tensor:
+    return stage.x_scaler.forward(y.float())
+
+
+def _read_summary(reader: Reader, stage: FMPEPosterior, y: torch.Tensor) -> torch.Tensor:
+    unique, inverse = torch.unique(y.float(), dim=0, return_inverse=True)
+    gen = torch.Generator(device=y.device).manual_seed(reader.seed)
+    draws = stage.sample_rows(unique.repeat(reader.n_summary, 1), gen, reject=False)
+    z = stage.theta_scaler.forward(draws).reshape(reader.n_summary, unique.shape[0], stage.theta_dim)
+    summary = torch.cat([z.mean(dim=0), z.std(dim=0).clamp_min(1e-6).log()], dim=1)
+    return summary[inverse]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """How a :data:`Condition` makes the flows' context from real observations.
+
+    Attributes
+    ----------
+    embedded:
+        Whether the flows embed the context with their network's embedding (the data) or take it as it
+        is (a summary, already low-dimensional).
+    width:
+        Context length for a stage-one posterior.
+    read:
+        ``read(reader, stage, y)``: context rows ``(rows, width)`` for the rows of ``y`` ``(rows, x_dim)``.
+    """
+
+    embedded: bool
+    width: Callable[[FMPEPosterior], int]
+    read: Callable[[Reader, FMPEPosterior, torch.Tensor], torch.Tensor]
+
+
+#: Each :data:`Condition`: ``"data"``, the z-scored observation; ``"summary"``, the z-scored mean and log
+#: standard deviation of ``n_summary`` stage-one draws (``2 d`` numbers).
+CONDITIONINGS: Mapping[Condition, Conditioning] = MappingProxyType({
+    "data": Conditioning(True, lambda stage: stage.x_dim, _read_data),
+    "summary": Conditioning(False, lambda stage: 2 * stage.theta_dim, _read_summary),
+})
+
+
 @dataclass(frozen=True)
 class Reader:
-    """The flows' conditioning vector for real observations: ``z_y`` (``"data"``) or stage one's summary."""
+    """The flows' conditioning vector for real observations: ``z_y`` (``"data"``) or stage one's summary
+    (:data:`CONDITIONINGS`)."""
 
-    condition: str = "data"
+    condition: Condition = "data"
     n_summary: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the flows embed this context (see :class:`Conditioning`)."""
+        return CONDITIONINGS[self.condition].embedded
+
+    def width(self, stage: FMPEPosterior) -> int:
+        """Context length for the stage-one posterior ``stage``."""
+        return CONDITIONINGS[self.condition].width(stage)
 
     @torch.no_grad()
     def __call__(self, stage: FMPEPosterior, y: torch.Tensor) -> torch.Tensor:
         """Context rows ``(rows, c)`` for the rows of ``y`` ``(rows, x_dim)`` (raw units)."""
-        if self.condition == "data":
-            return stage.x_scaler.forward(y.float())
-        unique, inverse = torch.unique(y.float(), dim=0, return_inverse=True)
-        gen = torch.Generator(device=y.device).manual_seed(self.seed)
-        draws = stage.sample_rows(unique.repeat(self.n_summary, 1), gen, reject=False)
-        z = stage.theta_scaler.forward(draws).reshape(self.n_summary, unique.shape[0], stage.theta_dim)
-        summary = torch.cat([z.mean(dim=0), z.std(dim=0).clamp_min(1e-6).log()], dim=1)
-        return summary[inverse]
+        return CONDITIONINGS[self.condition].read(self, stage, y)
 
 
 def _widen(z0: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
@@ -426,8 +492,7 @@ class FMCPEPosterior(Posterior):
         network, reader = config_from_data(NetworkConfig, payload["network"]), config_from_data(Reader, payload["reader"])
         flows = []
         for name, dim in (("observation_flow", stage.x_dim), ("parameter_flow", stage.theta_dim)):
-            context = stage.x_dim if reader.condition == "data" else 2 * stage.theta_dim
-            flow = ConditionalFlow(dim, context, network)
+            flow = ConditionalFlow(dim, reader.width(stage), network)
             flow.load_state_dict(payload[name])
             flows.append(flow)
         history = payload["history"]

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch.distributions import Distribution
 
+from ..config import check_value
 from .storage import PosteriorFileError, read_posterior_file, write_posterior_file
 
-__all__ = ["MIN_ACCEPTANCE", "Incomplete", "Posterior", "Standardizer", "check_pairs", "check_rows", "load_posterior",
+__all__ = ["MIN_ACCEPTANCE", "UNPLACED", "Incomplete", "Posterior", "Standardizer", "check_pairs", "check_rows", "load_posterior",
            "new_generator", "sample_in_support"]
 
 def new_generator(generator: torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -112,8 +114,7 @@ def sample_in_support(draw: Callable[[torch.Tensor], torch.Tensor], n_total: int
     still outside the support raise ``RuntimeError`` naming the acceptance rate (``incomplete="raise"``)
     or come back as NaN rows (``incomplete="nan"``: what was accepted, in place).
     """
-    if incomplete not in ("raise", "nan"):
-        raise ValueError(f"incomplete must be 'raise' or 'nan', got {incomplete!r}")
+    check_value("incomplete", incomplete, Incomplete)
     index = torch.arange(n_total, device=device)
     out = draw(index)
     inside = prior.support.check(out)
@@ -128,19 +129,18 @@ def sample_in_support(draw: Callable[[torch.Tensor], torch.Tensor], n_total: int
         out[missing] = redrawn
         inside[missing] = prior.support.check(redrawn)
         drawn, rounds = drawn + missing.numel(), rounds + 1
-    return _unplaced(out, inside, drawn, rounds, max_rounds, incomplete)
+    if bool(inside.all()):
+        return out
+    return UNPLACED[incomplete](out, inside, drawn, rounds, max_rounds)
 
 
-def _unplaced(out: torch.Tensor, inside: torch.Tensor, drawn: int, rounds: int, max_rounds: int,
-              incomplete: Incomplete) -> torch.Tensor:
-    """``out`` ``(rows, dim)`` when every row is ``inside`` the support; else NaN in the other rows
-    (``incomplete="nan"``) or a ``RuntimeError`` naming the acceptance rate of the ``drawn`` draws."""
+def _fill_nan(out: torch.Tensor, inside: torch.Tensor, drawn: int, rounds: int, max_rounds: int) -> torch.Tensor:
+    out[~inside] = float("nan")
+    return out
+
+
+def _refuse(out: torch.Tensor, inside: torch.Tensor, drawn: int, rounds: int, max_rounds: int) -> torch.Tensor:
     n_out = int((~inside).sum())
-    if n_out == 0:
-        return out
-    if incomplete == "nan":
-        out[~inside] = float("nan")
-        return out
     accepted = int(inside.sum())
     why = (f"after max_rejection_rounds={max_rounds} redraws" if rounds >= max_rounds
            else f"because fewer than {MIN_ACCEPTANCE:.0%} of the draws were accepted")
@@ -148,6 +148,12 @@ def _unplaced(out: torch.Tensor, inside: torch.Tensor, drawn: int, rounds: int, 
                        f"{accepted} of {drawn} draws accepted (acceptance rate {accepted / drawn:.2%}); the "
                        "observation may be far from the simulations. Pass incomplete='nan' to get the accepted "
                        "samples with NaN rows for the others, or reject=False for the raw flow samples")
+
+
+#: What each :data:`Incomplete` does with the rows of ``out`` ``(rows, dim)`` not ``inside`` the support after
+#: ``drawn`` draws in ``rounds`` redraws: NaN rows, or a ``RuntimeError`` naming the acceptance rate.
+UNPLACED: Mapping[Incomplete, Callable[[torch.Tensor, torch.Tensor, int, int, int], torch.Tensor]] = (
+    MappingProxyType({"nan": _fill_nan, "raise": _refuse}))
 
 
 class Posterior(ABC):

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, Uniform
 
+from ..registry import Registry
+
 __all__ = ["FORMAT", "LEGACY_FORMAT", "PRIOR_PARAMETERS", "TRUST_LEGACY_ENV", "PosteriorFileError",
            "config_from_data", "prior_from_data", "read_posterior_file", "to_plain", "write_posterior_file"]
 
@@ -41,13 +43,16 @@ LEGACY_FORMAT = "enff.amortized.posterior/1"
 TRUST_LEGACY_ENV = "ENFF_TRUST_LEGACY_POSTERIORS"
 
 #: Priors a posterior file can hold: name -> (class, {constructor keyword stored in the file: attribute}).
-PRIOR_PARAMETERS: dict[str, tuple[type[Distribution], dict[str, str]]] = {
-    "Normal": (Normal, {"loc": "loc", "scale": "scale"}),
-    "Uniform": (Uniform, {"low": "low", "high": "high"}),
-    "MultivariateNormal": (MultivariateNormal, {"loc": "loc", "scale_tril": "scale_tril"}),
-    "Independent": (Independent, {"base_distribution": "base_dist",
-                                  "reinterpreted_batch_ndims": "reinterpreted_batch_ndims"}),
-}
+PRIOR_PARAMETERS: Registry[tuple[type[Distribution], dict[str, str]]] = Registry("prior")
+for _name, _entry in (
+    ("Normal", (Normal, {"loc": "loc", "scale": "scale"})),
+    ("Uniform", (Uniform, {"low": "low", "high": "high"})),
+    ("MultivariateNormal", (MultivariateNormal, {"loc": "loc", "scale_tril": "scale_tril"})),
+    ("Independent", (Independent, {"base_distribution": "base_dist",
+                                   "reinterpreted_batch_ndims": "reinterpreted_batch_ndims"})),
+):
+    PRIOR_PARAMETERS.register(_name)(_entry)
+del _name, _entry
 
 _LEAVES = (torch.Tensor, str, int, float, bool, type(None))
 _Config = TypeVar("_Config")
@@ -69,9 +74,9 @@ def _prior_to_plain(prior: Distribution) -> dict[str, Any]:
 
 def prior_from_data(data: Mapping[str, Any]) -> Distribution:
     """Rebuild a prior from its plain-data description (see :data:`PRIOR_PARAMETERS`)."""
-    if not isinstance(data, Mapping) or data.get("distribution") not in PRIOR_PARAMETERS:
-        raise ValueError(f"the prior must be one of {', '.join(PRIOR_PARAMETERS)}, got {data!r:.200}")
-    cls, parameters = PRIOR_PARAMETERS[data["distribution"]]
+    if not isinstance(data, Mapping) or not isinstance(data.get("distribution"), str):
+        raise ValueError(f"a prior is stored as a dict with its distribution's name, got {data!r:.200}")
+    cls, parameters = PRIOR_PARAMETERS.get_entry(data["distribution"])
     if set(data) != {"distribution", *parameters}:
         raise ValueError(f"a {data['distribution']} prior is stored as {', '.join(parameters)}; got {', '.join(data)}")
     values = {p: prior_from_data(v) if isinstance(v, Mapping) else v for p, v in data.items() if p != "distribution"}

@@ -9,21 +9,26 @@ explicit ``torch.Generator`` (definitions of Lueckmann et al. 2021, checked agai
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Uniform
 
+from ..checks import check_choices
 from ..integrate import rk4_steps, tendency_field
 from ..models.lorenz96 import lorenz96_tendency
 
-__all__ = ["SBIBM_TASKS", "SBIBMTask", "Reference", "sbibm_task", "load_reference", "Lorenz96Task",
+__all__ = ["DEFINITIONS", "SBIBM_TASKS", "SBIBMName", "SBIBMTask", "Reference", "sbibm_task", "load_reference", "Lorenz96Task",
            "ShiftedGaussianTask"]
 
 
+#: Names of the sbibm tasks with a simulator here.
+SBIBMName = Literal["two_moons", "gaussian_linear", "slcp"]
 #: The sbibm tasks with a simulator here.
-SBIBM_TASKS = ("two_moons", "gaussian_linear", "slcp")
+SBIBM_TASKS: tuple[str, ...] = get_args(SBIBMName)
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,80 @@ class Reference:
     samples: torch.Tensor
 
 
+class _Definition(Protocol):
+    """Prior and simulator of one sbibm task (see :class:`SBIBMTask`)."""
+
+    def prior(self) -> Distribution: ...
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def simulate(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+class _TwoMoons:
+    """Prior uniform on ``[-1, 1]^2``; ``a ~ U(-pi/2, pi/2)``, ``r ~ N(0.1, 0.01^2)``,
+    ``x = (r cos a + 0.25 - |theta_1 + theta_2| / sqrt 2, r sin a + (theta_2 - theta_1) / sqrt 2)``."""
+
+    def prior(self) -> Distribution:
+        return Independent(Uniform(-torch.ones(2), torch.ones(2)), 1)
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return 2 * torch.rand((n, 2), generator=generator) - 1
+
+    def simulate(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = theta.shape[0]
+        a = math.pi * (torch.rand(n, generator=generator, dtype=theta.dtype) - 0.5)
+        r = 0.1 + 0.01 * torch.randn(n, generator=generator, dtype=theta.dtype)
+        s = math.sqrt(0.5)
+        return torch.stack([r * torch.cos(a) + 0.25 - torch.abs(theta[:, 0] + theta[:, 1]) * s,
+                            r * torch.sin(a) + (theta[:, 1] - theta[:, 0]) * s], dim=1)
+
+
+class _GaussianLinear:
+    """Prior ``N(0, 0.1 I_10)``; ``x ~ N(theta, 0.1 I)``."""
+
+    def prior(self) -> Distribution:
+        return MultivariateNormal(torch.zeros(10), 0.1 * torch.eye(10))
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return math.sqrt(0.1) * torch.randn((n, 10), generator=generator)
+
+    def simulate(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return theta + math.sqrt(0.1) * torch.randn(theta.shape, generator=generator, dtype=theta.dtype)
+
+
+class _SLCP:
+    """Simple likelihood, complex posterior. Prior uniform on ``[-3, 3]^5``; four independent draws of a 2-d
+    Gaussian with mean ``(theta_1, theta_2)``, standard deviations ``theta_3^2``, ``theta_4^2`` and
+    correlation ``tanh(theta_5)``, flattened draw by draw to 8 numbers."""
+
+    def prior(self) -> Distribution:
+        return Independent(Uniform(-3 * torch.ones(5), 3 * torch.ones(5)), 1)
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return 6 * torch.rand((n, 5), generator=generator) - 3
+
+    def simulate(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = theta.shape[0]
+        s1, s2, rho = theta[:, 2] ** 2, theta[:, 3] ** 2, torch.tanh(theta[:, 4])
+        z = torch.randn((n, 4, 2), generator=generator, dtype=theta.dtype)
+        first = s1[:, None] * z[..., 0]
+        second = s2[:, None] * (rho[:, None] * z[..., 0] + (1 - rho[:, None] ** 2).sqrt() * z[..., 1])
+        return (theta[:, None, :2] + torch.stack([first, second], dim=-1)).reshape(n, 8)
+
+
+#: The definition of each sbibm task.
+DEFINITIONS: Mapping[SBIBMName, _Definition] = MappingProxyType({
+    "two_moons": _TwoMoons(),
+    "gaussian_linear": _GaussianLinear(),
+    "slcp": _SLCP(),
+})
+
+
 @dataclass(frozen=True)
 class SBIBMTask:
-    """Prior and simulator of an sbibm task, with explicit generators.
+    """Prior and simulator of an sbibm task, with explicit generators (each task's definition, in
+    :data:`DEFINITIONS`, states its prior and simulator).
 
     Attributes
     ----------
@@ -52,53 +128,23 @@ class SBIBMTask:
         One of :data:`SBIBM_TASKS`.
     """
 
-    name: Literal["two_moons", "gaussian_linear", "slcp"]
+    name: SBIBMName
 
     def __post_init__(self) -> None:
-        if self.name not in SBIBM_TASKS:
-            raise ValueError(f"task name must be one of {SBIBM_TASKS}, got {self.name!r}")
+        check_choices(self)
 
     @property
     def prior(self) -> Distribution:
-        """Two moons: uniform on ``[-1, 1]^2``; Gaussian linear: ``N(0, 0.1 I_10)``; SLCP: uniform on ``[-3, 3]^5``."""
-        if self.name == "two_moons":
-            return Independent(Uniform(-torch.ones(2), torch.ones(2)), 1)
-        if self.name == "slcp":
-            return Independent(Uniform(-3 * torch.ones(5), 3 * torch.ones(5)), 1)
-        return MultivariateNormal(torch.zeros(10), 0.1 * torch.eye(10))
+        """The task's prior over ``theta``."""
+        return DEFINITIONS[self.name].prior()
 
     def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Draw ``n`` parameters from the prior, shape ``(n, theta_dim)``."""
-        if self.name == "two_moons":
-            return 2 * torch.rand((n, 2), generator=generator) - 1
-        if self.name == "slcp":
-            return 6 * torch.rand((n, 5), generator=generator) - 3
-        return math.sqrt(0.1) * torch.randn((n, 10), generator=generator)
+        return DEFINITIONS[self.name].sample_prior(n, generator)
 
     def simulate(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Simulate one data set per row of ``theta``; returns ``(n, x_dim)``.
-
-        Two moons: ``a ~ U(-pi/2, pi/2)``, ``r ~ N(0.1, 0.01^2)``,
-        ``x = (r cos a + 0.25 - |theta_1 + theta_2| / sqrt 2, r sin a + (theta_2 - theta_1) / sqrt 2)``.
-        Gaussian linear: ``x ~ N(theta, 0.1 I)``.
-        SLCP (simple likelihood, complex posterior): four independent draws of a 2-d Gaussian with mean
-        ``(theta_1, theta_2)``, standard deviations ``theta_3^2``, ``theta_4^2`` and correlation
-        ``tanh(theta_5)``, flattened draw by draw to 8 numbers.
-        """
-        n = theta.shape[0]
-        if self.name == "gaussian_linear":
-            return theta + math.sqrt(0.1) * torch.randn(theta.shape, generator=generator, dtype=theta.dtype)
-        if self.name == "slcp":
-            s1, s2, rho = theta[:, 2] ** 2, theta[:, 3] ** 2, torch.tanh(theta[:, 4])
-            z = torch.randn((n, 4, 2), generator=generator, dtype=theta.dtype)
-            first = s1[:, None] * z[..., 0]
-            second = s2[:, None] * (rho[:, None] * z[..., 0] + (1 - rho[:, None] ** 2).sqrt() * z[..., 1])
-            return (theta[:, None, :2] + torch.stack([first, second], dim=-1)).reshape(n, 8)
-        a = math.pi * (torch.rand(n, generator=generator, dtype=theta.dtype) - 0.5)
-        r = 0.1 + 0.01 * torch.randn(n, generator=generator, dtype=theta.dtype)
-        s = math.sqrt(0.5)
-        return torch.stack([r * torch.cos(a) + 0.25 - torch.abs(theta[:, 0] + theta[:, 1]) * s,
-                            r * torch.sin(a) + (theta[:, 1] - theta[:, 0]) * s], dim=1)
+        """Simulate one data set per row of ``theta`` ``(n, theta_dim)``; returns ``(n, x_dim)``."""
+        return DEFINITIONS[self.name].simulate(theta, generator)
 
     def simulations(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` pairs ``(theta, x)`` from prior and simulator."""
@@ -106,9 +152,9 @@ class SBIBMTask:
         return theta, self.simulate(theta, generator)
 
 
-def sbibm_task(name: str) -> SBIBMTask:
+def sbibm_task(name: SBIBMName) -> SBIBMTask:
     """The task of that sbibm name (one of :data:`SBIBM_TASKS`)."""
-    return SBIBMTask(name)  # type: ignore[arg-type]
+    return SBIBMTask(name)
 
 
 def load_reference(name: str, observation: int) -> Reference:

@@ -13,18 +13,18 @@ Registered filters: ``enff-ot`` (conditional optimal-transport path, Gaussian so
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
-from enff.models.base import check_positive_int
+from enff.checks import check_choices, check_positive_int
 from enff.observations.space import ObservationSpace
 
 from .base import register
 from .generative import GenerativeFilter
 from .guidance import Guidance, Schedule, build_guidance
 from .inflation import check_inflation
-from ..integrate import SAMPLERS, integrate
+from ..integrate import Sampler, integrate
 from .paths import F2PPath, OTPath, ProbabilityPath
 from .velocity import marginal_velocity, weight_summary
 
@@ -61,7 +61,7 @@ def flow_analysis(
     *,
     guidance: Guidance,
     steps: int,
-    sampler: str = "euler",
+    sampler: Sampler = "euler",
     x0: torch.Tensor | None = None,
 ) -> FlowResult:
     """Transport ``source`` particles along ``path`` to the forecast ``x1``, guided by the observations.
@@ -120,8 +120,7 @@ class EnsembleFlowFilter(GenerativeFilter):
     sigma_min:
         Smallest standard deviation of the conditional paths, in state units, in ``(0, 1)``.
     guidance:
-        A name in :attr:`guidance_kinds`: ``"local"``, ``"mc"`` (exact Monte Carlo re-weighting) or ``"none"``
-        (:mod:`enff.filters.guidance`).
+        ``"local"``, ``"mc"`` (exact Monte Carlo re-weighting) or ``"none"`` (:mod:`enff.filters.guidance`).
     guidance_scale:
         ``lambda`` of local guidance (>= 0).
     guidance_schedule:
@@ -136,25 +135,22 @@ class EnsembleFlowFilter(GenerativeFilter):
 
     reported: ClassVar[tuple[str, ...]] = ("max_weight", "distinct_members")
     path_type: ClassVar[type[ProbabilityPath]]
-    #: Guidance names this filter accepts.
-    guidance_kinds: ClassVar[tuple[str, ...]] = ("local", "mc", "none")
 
     steps: int = 20
     sigma_min: float = 1e-2
-    guidance: str = "local"
+    guidance: Literal["local", "mc", "none"] = "local"
     guidance_scale: float = 0.05
     guidance_schedule: Schedule = "constant"
-    sampler: str = "euler"
+    sampler: Sampler = "euler"
     inflation: float = 1.0
     guide: Guidance = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_positive_int("steps", self.steps)
+        check_choices(self)  # guidance, guidance_schedule, sampler (and a subclass's options)
         self.path()
-        object.__setattr__(self, "guide", build_guidance(self.guidance, self.guidance_kinds,
-                                                         scale=self.guidance_scale, schedule=self.guidance_schedule))
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        object.__setattr__(self, "guide", build_guidance(self.guidance, scale=self.guidance_scale,
+                                                         schedule=self.guidance_schedule))
         check_inflation(self.inflation)
 
     def path(self) -> ProbabilityPath:

@@ -33,29 +33,33 @@ toward zero (the probability-flow ODE ends at ``x1 + beta_0 (z - x1)`` instead o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from types import MappingProxyType
+from typing import Literal
 
 import torch
 
-from enff.models.base import check_positive_int
+from enff.checks import check_choices, check_positive_int
+from enff.config import check_value
 from enff.observations.space import ObservationSpace
 
 from .base import register
 from .generative import GenerativeFilter
 from .inflation import check_inflation
 from .likelihood import likelihood_gradient, member_blocks
-from ..integrate import euler_maruyama, integrate
+from ..integrate import Field, euler_maruyama, integrate
 from .velocity import mixture_weights, squared_distances
 
-__all__ = ["VPSchedule", "prior_score", "EnSF", "SCORES", "SCORE_SAMPLERS", "STARTS"]
+__all__ = ["VPSchedule", "prior_score", "EnSF", "PriorScore", "ReverseSampler", "Start", "PRIOR_SCORES",
+           "REVERSE_SAMPLERS", "STARTS", "ScoreSampler"]
 
-#: Prior-score forms accepted by :class:`EnSF`.
-SCORES = ("member", "mixture")
-#: Samplers accepted by :class:`EnSF`.
-SCORE_SAMPLERS = ("sde", "ode")
-#: Starting distributions of the reverse process accepted by :class:`EnSF`.
-STARTS = ("marginal", "noise")
+#: Prior-score forms of :class:`EnSF` (see the module docstring).
+PriorScore = Literal["member", "mixture"]
+#: Samplers of the reverse process: reverse-time SDE or probability-flow ODE.
+ReverseSampler = Literal["sde", "ode"]
+#: Starting distributions of the reverse process.
+Start = Literal["marginal", "noise"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,26 @@ class VPSchedule:
         return (1.0 - self.eps_beta) - 2.0 * self.drift_rate(t) * self.beta_sq(t)
 
 
-def prior_score(schedule: VPSchedule, t: float, x: torch.Tensor, x1: torch.Tensor, kind: str) -> torch.Tensor:
+def _member_score(schedule: VPSchedule, t: float, x: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    if x.shape != x1.shape:
+        raise ValueError(
+            f"the per-member score pairs particle i with member i: x {tuple(x.shape)} vs x1 {tuple(x1.shape)}"
+        )
+    return torch.add(x, x1, alpha=-schedule.alpha(t)).mul_(-1.0 / schedule.beta_sq(t))
+
+
+def _mixture_score(schedule: VPSchedule, t: float, x: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    alpha, beta_sq = schedule.alpha(t), schedule.beta_sq(t)
+    weights = mixture_weights(squared_distances(x, x1, a=alpha), math.sqrt(beta_sq)).to(x.dtype)
+    return torch.addmm(x, weights, x1, beta=-1.0 / beta_sq, alpha=alpha / beta_sq)
+
+
+#: The prior score of each form, ``score(schedule, t, x, x1)`` (see :func:`prior_score`).
+PRIOR_SCORES: Mapping[PriorScore, Callable[[VPSchedule, float, torch.Tensor, torch.Tensor], torch.Tensor]] = (
+    MappingProxyType({"member": _member_score, "mixture": _mixture_score}))
+
+
+def prior_score(schedule: VPSchedule, t: float, x: torch.Tensor, x1: torch.Tensor, kind: PriorScore) -> torch.Tensor:
     """Score of the forward-process marginal of the forecast at diffusion time ``t``.
 
     Parameters
@@ -108,17 +131,51 @@ def prior_score(schedule: VPSchedule, t: float, x: torch.Tensor, x1: torch.Tenso
     -------
     Score, shape ``(P, d)``, per state unit.
     """
-    alpha, beta_sq = schedule.alpha(t), schedule.beta_sq(t)
-    if kind == "member":
-        if x.shape != x1.shape:
-            raise ValueError(
-                f"the per-member score pairs particle i with member i: x {tuple(x.shape)} vs x1 {tuple(x1.shape)}"
-            )
-        return torch.add(x, x1, alpha=-alpha).mul_(-1.0 / beta_sq)
-    if kind == "mixture":
-        weights = mixture_weights(squared_distances(x, x1, a=alpha), math.sqrt(beta_sq)).to(x.dtype)
-        return torch.addmm(x, weights, x1, beta=-1.0 / beta_sq, alpha=alpha / beta_sq)
-    raise ValueError(f"score must be one of {SCORES}, got {kind!r}")
+    check_value("score", kind, PriorScore)
+    return PRIOR_SCORES[kind](schedule, t, x, x1)
+
+
+def _from_noise(schedule: VPSchedule, x1: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return noise
+
+
+def _from_marginal(schedule: VPSchedule, x1: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return torch.add(schedule.alpha(1.0) * x1, noise, alpha=math.sqrt(schedule.beta_sq(1.0)))
+
+
+#: The reverse process's start of each :data:`Start` from the schedule, the forecast ``x1`` ``(M, d)`` and
+#: standard normal noise shaped like ``x1``.
+STARTS: Mapping[Start, Callable[[VPSchedule, torch.Tensor, torch.Tensor], torch.Tensor]] = MappingProxyType({
+    "marginal": _from_marginal,
+    "noise": _from_noise,
+})
+
+
+def _reverse_sde(drift: Field, schedule: VPSchedule, x: torch.Tensor, steps: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    return euler_maruyama(drift, lambda t: math.sqrt(schedule.diffusion_sq(t)), x, evaluations=steps,
+                          generator=generator, start=1.0, end=0.0)
+
+
+def _probability_flow(drift: Field, schedule: VPSchedule, x: torch.Tensor, steps: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    return integrate(drift, x, evaluations=steps, method="euler", start=1.0, end=0.0)
+
+
+@dataclass(frozen=True)
+class ScoreSampler:
+    """A reverse-process sampler: the weight of ``g^2 s`` in its drift and the integration from ``t = 1`` to 0."""
+
+    score_weight: float
+    run: Callable[[Field, VPSchedule, torch.Tensor, int, torch.Generator], torch.Tensor]
+
+
+#: Each :data:`ReverseSampler`: Euler-Maruyama on the reverse-time SDE (drift ``f x - g^2 s``) or Euler on the
+#: probability-flow ODE (``f x - g^2 s / 2``), ``steps`` drift evaluations from ``t = 1`` to 0.
+REVERSE_SAMPLERS: Mapping[ReverseSampler, ScoreSampler] = MappingProxyType({
+    "sde": ScoreSampler(1.0, _reverse_sde),
+    "ode": ScoreSampler(0.5, _probability_flow),
+})
 
 
 @register("ensf")
@@ -149,21 +206,16 @@ class EnSF(GenerativeFilter):
     steps: int = 50
     eps_alpha: float = 0.05
     eps_beta: float = 0.0
-    score: str = "member"
-    sampler: str = "sde"
+    score: PriorScore = "member"
+    sampler: ReverseSampler = "sde"
     clip: float = math.inf
-    start: str = "marginal"
+    start: Start = "marginal"
     inflation: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive_int("steps", self.steps)
         self.schedule()
-        if self.score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
-        if self.sampler not in SCORE_SAMPLERS:
-            raise ValueError(f"sampler must be one of {SCORE_SAMPLERS}, got {self.sampler!r}")
-        if self.start not in STARTS:
-            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
+        check_choices(self)  # score, sampler, start
         if not float(self.clip) > 0.0:
             raise ValueError(f"clip must be > 0 (inf = no clipping), got {self.clip!r}")
         check_inflation(self.inflation)
@@ -182,8 +234,8 @@ class EnSF(GenerativeFilter):
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         schedule = self.schedule()
-        return self._reverse(schedule, x1, y, obs, lambda x, t: prior_score(schedule, t, x, x1, self.score),
-                             generator=generator), {}
+        score = PRIOR_SCORES[self.score]
+        return self._reverse(schedule, x1, y, obs, lambda x, t: score(schedule, t, x, x1), generator=generator), {}
 
     def _reverse(self, schedule: VPSchedule, x1: torch.Tensor, y: torch.Tensor, obs: ObservationSpace,
                  prior: Callable[[torch.Tensor, float], torch.Tensor], *, generator: torch.Generator) -> torch.Tensor:
@@ -196,23 +248,12 @@ class EnSF(GenerativeFilter):
                 total[block].add_(likelihood.clamp_(-self.clip, self.clip))
             return total
 
+        sampler = REVERSE_SAMPLERS[self.sampler]
+
         def drift(x: torch.Tensor, t: float) -> torch.Tensor:
-            weight = schedule.diffusion_sq(t) * (1.0 if self.sampler == "sde" else 0.5)
+            weight = schedule.diffusion_sq(t) * sampler.score_weight
             return score(x, t).mul_(-weight).add_(x, alpha=schedule.drift_rate(t))
 
         noise = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
-        if self.start == "noise":
-            start = noise
-        else:
-            start = torch.add(schedule.alpha(1.0) * x1, noise, alpha=math.sqrt(schedule.beta_sq(1.0)))
-        if self.sampler == "ode":
-            return integrate(drift, start, evaluations=self.steps, method="euler", start=1.0, end=0.0)
-        return euler_maruyama(
-            drift,
-            lambda t: math.sqrt(schedule.diffusion_sq(t)),
-            start,
-            evaluations=self.steps,
-            generator=generator,
-            start=1.0,
-            end=0.0,
-        )
+        start = STARTS[self.start](schedule, x1, noise)
+        return sampler.run(drift, schedule, start, self.steps, generator)

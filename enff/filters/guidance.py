@@ -32,10 +32,11 @@ from abc import ABC
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 
+from enff.config import check_value
 from enff.observations.space import ObservationSpace
 from enff.registry import Registry
 
@@ -112,8 +113,7 @@ class LocalGuidance(Guidance):
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale >= 0):
             raise ValueError(f"guidance_scale must be finite and >= 0, got {self.scale!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"guidance_schedule must be one of {get_args(Schedule)}, got {self.schedule!r}")
+        check_value("guidance_schedule", self.schedule, Schedule)
 
     def strength(self, t: float) -> float:
         """``lambda(t)``."""
@@ -153,20 +153,17 @@ class KalmanGuidance(Guidance):
     """
 
 
-def build_guidance(kind: str, kinds: tuple[str, ...], **keys: Any) -> Guidance:
+def build_guidance(kind: str, **keys: Any) -> Guidance:
     """The guidance ``kind`` built from a filter's flat keys, once per filter.
 
     Parameters
     ----------
     kind:
-        The filter's ``guidance`` key, one of ``kinds``.
-    kinds:
-        The guidance names the filter supports (registered in :data:`GUIDANCE`).
+        The filter's ``guidance`` key, a name in :data:`GUIDANCE` (the filter's ``Literal`` annotation
+        says which it supports, checked by :func:`enff.checks.check_choices`).
     keys:
         The filter's guidance parameters named as the guidance fields (``scale``, ``schedule``); each kind
         takes those it has and ignores the others, as the flat case-file keys always did.
     """
-    if kind not in kinds:
-        raise ValueError(f"guidance must be one of {kinds}, got {kind!r}")
     accepted = GUIDANCE.keys_of(kind)
     return GUIDANCE.build(kind, **{name: value for name, value in keys.items() if name in accepted})

@@ -28,8 +28,10 @@ global weights at every point, that is the published filter).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal, get_args
+from types import MappingProxyType
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -44,12 +46,12 @@ from .inflation import check_rtps, multiplicative_inflation, rtps
 from .kalman_guidance import KalmanGuide
 from .localization import check_radius
 from .local_weights import WeightStats, local_log_likelihood, local_mixture, squared_residuals
-from ..integrate import integrate
+from ..integrate import Sampler, integrate
 from .paths import ProbabilityPath
 from .spatial_taper import SpatialLayout, spatial_taper
 
 __all__ = ["LocalFlowResult", "local_flow_analysis", "LocalEnsembleFlowFilter", "LEnFFOT",
-           "LEnFFF2P", "LOCAL_DIAGNOSTICS", "FlowCoordinates", "SpreadRelaxation",
+           "LEnFFF2P", "LOCAL_DIAGNOSTICS", "COORDINATE_CHANGES", "FlowCoordinates", "SpreadRelaxation",
            "Standardized", "standardize",
            "combine_stats"]
 
@@ -98,7 +100,7 @@ def local_flow_analysis(
     radius: float,
     guidance: Guidance,
     steps: int,
-    sampler: str = "euler",
+    sampler: Sampler = "euler",
     x0: torch.Tensor | None = None,
 ) -> LocalFlowResult:
     """Transport ``source`` particles ``(P, d)`` to the analysis with localized weights.
@@ -195,6 +197,14 @@ def standardize(x1: torch.Tensor) -> Standardized:
     return Standardized(x1.mean(dim=0), torch.where(scale > 0, scale, torch.ones_like(scale)))
 
 
+#: The change of coordinates of each :data:`FlowCoordinates` from the forecast members ``(M, d)``: none for
+#: ``"state"``, the standardization for ``"standardized"``.
+COORDINATE_CHANGES: Mapping[FlowCoordinates, Callable[[torch.Tensor], Standardized | None]] = MappingProxyType({
+    "state": lambda x1: None,
+    "standardized": standardize,
+})
+
+
 class SpreadRelaxation:
     """Mixin for generative filters: relaxation of the analysis spread to the prior's (RTPS) after the analysis.
 
@@ -224,7 +234,7 @@ class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
     radius:
         Gaspari-Cohn half-width of the weights in model length units (required; ``inf`` = global weights).
     guidance:
-        ``"local"``, ``"mc"``, ``"kalman"`` or ``"none"`` (see the module docstring; :attr:`guidance_kinds`).
+        ``"local"``, ``"mc"``, ``"kalman"`` or ``"none"`` (see the module docstring).
     rtps:
         Relaxation of the analysis spread to the prior spread, in ``[0, 1]`` (0 = none; see
         :func:`~enff.filters.inflation.rtps`).
@@ -242,18 +252,15 @@ class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
     """
 
     reported: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
-    guidance_kinds: ClassVar[tuple[str, ...]] = ("local", "mc", "kalman", "none")
-
     radius: float | None = None
+    guidance: Literal["local", "mc", "kalman", "none"] = "local"
     rtps: float = 0.0
     coordinates: FlowCoordinates = "state"
 
     def __post_init__(self) -> None:
         check_radius(self.radius, required=True)
         check_rtps(self.rtps)
-        if self.coordinates not in get_args(FlowCoordinates):
-            raise ValueError(f"coordinates must be one of {get_args(FlowCoordinates)}, got {self.coordinates!r}")
-        super().__post_init__()
+        super().__post_init__()  # checks the options, coordinates among them
         if isinstance(self.guide, KalmanGuidance) and self.path_type.paired:
             raise ValueError("guidance = \"kalman\" needs the unpaired optimal-transport path (lenff-ot): on the "
                              "paired F2P path the ensemble-space covariance of the end point given the flow "
@@ -270,7 +277,7 @@ class LocalEnsembleFlowFilter(SpreadRelaxation, EnsembleFlowFilter):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         path = self.path()
         x0 = self._source_members(x1, previous)
-        change = standardize(x1) if self.coordinates == "standardized" else None
+        change = COORDINATE_CHANGES[self.coordinates](x1)
         if change is not None:
             x1 = (x1 - change.mean) / change.scale
             x0 = None if x0 is None else (x0 - change.mean) / change.scale

@@ -10,7 +10,7 @@ Everything else (schedule, damped likelihood score, clipping, samplers, start) i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -39,7 +39,7 @@ class LEnSF(SpreadRelaxation, EnSF):
     rtps:
         Relaxation of the analysis spread to the prior spread, in ``[0, 1]`` (0 = none).
     score:
-        Must be ``"mixture"`` (the per-member score has no weights to localize).
+        Only ``"mixture"``: the per-member score has no weights to localize.
     steps, eps_alpha, eps_beta, sampler, clip, start, inflation:
         As for :class:`~enff.filters.ensemble_score.EnSF`.
     """
@@ -47,15 +47,13 @@ class LEnSF(SpreadRelaxation, EnSF):
     reported: ClassVar[tuple[str, ...]] = LOCAL_DIAGNOSTICS
 
     radius: float | None = None
-    score: str = "mixture"
+    score: Literal["mixture"] = "mixture"
     rtps: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_radius(self.radius, required=True)
         check_rtps(self.rtps)
-        if self.score != "mixture":
-            raise ValueError(f"lensf localizes the mixture prior score: score must be \"mixture\", got {self.score!r}")
 
     def _transport(
         self,

@@ -35,12 +35,15 @@ forecast is kept for every step.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from types import MappingProxyType
+from typing import Literal
 
 import torch
 
-from enff.models.base import check_positive_int
+from enff.checks import check_positive_int
+from enff.config import check_value
 from enff.observations.space import ObservationSpace
 
 from .base import register
@@ -49,11 +52,17 @@ from .kalman import EnsembleKalmanFilter
 from .letkf import letkf_update
 from .localization import check_radius
 
-__all__ = ["LEnFFTempered", "TemperingSchedule", "step_sizes", "tempered"]
+__all__ = ["LEnFFTempered", "RAW_STEPS", "TemperingSchedule", "step_sizes", "tempered"]
 
 #: How the tempering path ``[0, 1]`` is divided into steps: equal steps, or steps doubling in size (the
 #: first, taken with the forecast's linearization, is the smallest).
 TemperingSchedule = Literal["uniform", "geometric"]
+
+#: The unnormalised step sizes of each :data:`TemperingSchedule` for ``K`` steps.
+RAW_STEPS: Mapping[TemperingSchedule, Callable[[int], list[float]]] = MappingProxyType({
+    "uniform": lambda steps: [1.0] * steps,
+    "geometric": lambda steps: [2.0**k for k in range(steps)],
+})
 
 
 def step_sizes(steps: int, schedule: TemperingSchedule) -> list[float]:
@@ -62,9 +71,8 @@ def step_sizes(steps: int, schedule: TemperingSchedule) -> list[float]:
     ``"uniform"``: ``a_k = 1 / K``; ``"geometric"``: ``a_k ∝ 2^(k - 1)``.
     """
     check_positive_int("steps", steps)
-    if schedule not in get_args(TemperingSchedule):
-        raise ValueError(f"schedule must be one of {get_args(TemperingSchedule)}, got {schedule!r}")
-    raw = [1.0] * steps if schedule == "uniform" else [2.0**k for k in range(steps)]
+    check_value("schedule", schedule, TemperingSchedule)
+    raw = RAW_STEPS[schedule](steps)
     total = sum(raw)
     return [r / total for r in raw]
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from types import MappingProxyType
+from typing import ClassVar, Literal
 
 import torch
 
+from enff.checks import check_choices
 from enff.observations.space import ObservationSpace
 
 from .base import register
@@ -15,7 +18,9 @@ from .ensemble_space import ObservedEnsemble, observe
 from .template import EnsembleFilter
 
 __all__ = [
+    "PERTURBED",
     "BootstrapPF",
+    "Perturb",
     "duplicated",
     "effective_sample_size",
     "log_weights",
@@ -26,7 +31,7 @@ __all__ = [
 
 #: Which resampled members get the regularization and jitter noise: every one, or only the copies of
 #: members selected more than once (unique survivors stay exact).
-PERTURB = ("all", "duplicates")
+Perturb = Literal["all", "duplicates"]
 
 #: Most tempering stages per analysis; the last stage assimilates whatever likelihood is left.
 MAX_STAGES = 32
@@ -126,6 +131,13 @@ def duplicated(index: torch.Tensor) -> torch.Tensor:
     return (index == index.roll(1)) | (index == index.roll(-1))
 
 
+#: The members each :data:`Perturb` chooses from a sorted resampling index ``(member,)``: a boolean mask.
+PERTURBED: Mapping[Perturb, Callable[[torch.Tensor], torch.Tensor]] = MappingProxyType({
+    "all": lambda index: torch.ones_like(index, dtype=torch.bool),
+    "duplicates": duplicated,
+})
+
+
 def regularization_noise(
     members: torch.Tensor, log_weight: torch.Tensor, n_draws: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -218,7 +230,7 @@ class BootstrapPF(EnsembleFilter):
     jitter: float = 0.0
     regularization: float = 0.0
     tempering: float = 0.0
-    perturb: str = "all"
+    perturb: Perturb = "all"
     shrink: bool = False
 
     def __post_init__(self) -> None:
@@ -227,8 +239,7 @@ class BootstrapPF(EnsembleFilter):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
-        if self.perturb not in PERTURB:
-            raise ValueError(f"perturb must be one of {PERTURB}, got {self.perturb!r}")
+        check_choices(self)  # perturb
         if not 0.0 <= float(self.tempering) < 1.0:
             raise ValueError(f"tempering must lie in [0, 1) (target ESS fraction per stage), got {self.tempering!r}")
 
@@ -267,7 +278,7 @@ class BootstrapPF(EnsembleFilter):
             weights = step * loglik - torch.logsumexp(step * loglik, dim=0)
             index = systematic_resample(weights, generator)
             resampled = analysis[index]
-            chosen = (duplicated(index) if self.perturb == "duplicates" else torch.ones_like(index, dtype=torch.bool))
+            chosen = PERTURBED[self.perturb](index)
             chosen = chosen.unsqueeze(-1).to(members.dtype)
             if bandwidth > 0:
                 width = bandwidth * math.sqrt(step)
