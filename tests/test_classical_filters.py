@@ -25,10 +25,10 @@ from enff.filters.particle import (
 )
 from enff.models.base import Grid
 from enff.observations.base import ObservationOperator, flatten_members
-from enff.observations.operators import ATan, Identity
+from enff.observations.operators import ATan
 from enff.observations.space import ObservationSpace, Select
 
-from helpers import DEVICES
+from helpers import DEVICES, ring, ring_space
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,10 +43,6 @@ class Linear(ObservationOperator):
 
     def source_index(self, shape: tuple[int, ...]) -> np.ndarray:
         return self.index
-
-
-def ring(d: int) -> Grid:
-    return Grid((np.arange(d, dtype=np.float64),), (float(d),))
 
 
 def space(operator: ObservationOperator, std: np.ndarray, grid: Grid) -> ObservationSpace:
@@ -493,8 +489,7 @@ def test_localized_enkf_refuses_dense_tapers_that_do_not_fit(monkeypatch):
     from enff.filters import localization
 
     monkeypatch.setattr(localization, "MAX_DENSE_TAPER_BYTES", 1024)
-    grid = Grid(axes=(np.arange(64.0),), lengths=(64.0,))
-    obs = ObservationSpace(Identity(), torch.ones(64, dtype=torch.float64), grid, (64,))
+    obs = ring_space(64)
     forecast = torch.randn(8, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.raises(ValueError, match="dense tapers of .* use the letkf filter"):
         EnKF(radius=4.0).analysis(forecast, torch.zeros(64, dtype=torch.float64), obs,

@@ -13,18 +13,10 @@ from enff.filters.guidance import GUIDANCE, LocalGuidance, MonteCarloGuidance, N
 from enff.filters.likelihood import likelihood_gradient
 from enff.integrate import euler_maruyama, integrate
 from enff.filters.paths import OTPath
-from enff.models.base import Grid
-from enff.observations.operators import ATan, Identity, Indices
+from enff.observations.operators import ATan, Indices
 from enff.observations.space import ObservationSpace
 
-from helpers import CUDA
-
-
-def _space(d: int, operator=None, std: float = 1.0, n_obs: int | None = None) -> ObservationSpace:
-    operator = Identity() if operator is None else operator
-    n_obs = d if n_obs is None else n_obs
-    grid = Grid(axes=(np.arange(d, dtype=np.float64),), lengths=(float(d),))
-    return ObservationSpace(operator, torch.full((n_obs,), std, dtype=torch.float64), grid, (d,))
+from helpers import CUDA, ring_space
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,7 +79,7 @@ def test_likelihood_gradient_is_analytic_for_atan_and_ignores_masked_entries():
     d = 5
     x = torch.linspace(-2, 2, 2 * d, dtype=torch.float64).reshape(2, d)
     y = torch.tensor([0.1, -0.3, float("nan"), 0.4, 1.0], dtype=torch.float64)
-    obs = _space(d, ATan(), std=0.5)
+    obs = ring_space(d, ATan(), std=0.5)
     y_obs, space = obs.observed(y)
     grad = likelihood_gradient(x, y_obs, space)
     expected = -(torch.nan_to_num(y) - torch.atan(x)) / 0.25 / (1 + x**2)
@@ -97,7 +89,7 @@ def test_likelihood_gradient_is_analytic_for_atan_and_ignores_masked_entries():
 
 def test_local_guidance_uses_the_predicted_end_point():
     d = 3
-    obs = _space(d, std=2.0)
+    obs = ring_space(d, std=2.0)
     y = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     x = torch.zeros(2, d, dtype=torch.float64)
     v = torch.ones(2, d, dtype=torch.float64)
@@ -118,7 +110,7 @@ Y = torch.tensor([1.2, 0.2], dtype=torch.float64)
 
 
 def _member_frequencies(guidance, particles=4000, seed=0):
-    obs = _space(2, std=1.0)
+    obs = ring_space(2, std=1.0)
     g = torch.Generator().manual_seed(seed)
     path = OTPath(sigma_min=0.01)
     source = torch.randn(particles, 2, generator=g, dtype=torch.float64)
@@ -151,7 +143,7 @@ def _kalman(mean, cov, h, r, y):
 def test_mc_guidance_approaches_the_kalman_filter_as_n_grows():
     mean = torch.tensor([1.0, -0.5], dtype=torch.float64)
     cov = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
-    obs = _space(2, Indices((0,)), std=0.7, n_obs=1)
+    obs = ring_space(2, Indices((0,)), std=0.7)
     y = torch.tensor([1.8], dtype=torch.float64)
     h, r = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([[0.49]], dtype=torch.float64)
     mean_kf, cov_kf = _kalman(mean, cov, h, r, y)
@@ -196,10 +188,10 @@ def test_masked_observations_have_no_influence(name, guidance):
     y = torch.tensor([2.0, float("nan"), 1.5, float("nan"), 0.0, 2.5], dtype=torch.float64)
     kept = (0, 2, 4, 5)
     enff = get_filter(name, guidance=guidance, guidance_scale=0.5, steps=6)
-    full = enff.analysis(forecast, y, _space(d, std=0.5), previous=previous,
+    full = enff.analysis(forecast, y, ring_space(d, std=0.5), previous=previous,
                          generator=torch.Generator().manual_seed(3)).ensemble
     reduced = enff.analysis(
-        forecast, y[list(kept)], _space(d, Indices(kept), std=0.5, n_obs=4),
+        forecast, y[list(kept)], ring_space(d, Indices(kept), std=0.5),
         previous=previous, generator=torch.Generator().manual_seed(3),
     ).ensemble
     assert torch.isfinite(full).all()
@@ -214,7 +206,7 @@ def test_local_guidance_pulls_the_ensemble_toward_the_observations(name, scale, 
     d = 6
     forecast = _forecast(n=20, d=d, seed=4)
     y = torch.full((d,), 3.0, dtype=torch.float64)
-    obs = _space(d, std=0.3)
+    obs = ring_space(d, std=0.3)
     kwargs = dict(steps=10, sigma_min=0.05, sampler=sampler)
     g = torch.Generator().manual_seed(5)
     guided = get_filter(name, guidance="local", guidance_scale=scale, **kwargs).analysis(
@@ -233,7 +225,7 @@ def test_f2p_follows_each_members_own_path():
     previous = 10.0 * _forecast(n=n, d=d, seed=6)
     forecast = previous + 0.5 * _forecast(n=n, d=d, seed=7)
     enff = EnFFF2P(steps=8, sigma_min=1e-3, guidance="none")
-    result = enff.analysis(forecast, torch.zeros(d, dtype=torch.float64), _space(d), previous=previous,
+    result = enff.analysis(forecast, torch.zeros(d, dtype=torch.float64), ring_space(d), previous=previous,
                            generator=torch.Generator().manual_seed(8))
     analysis, diagnostics = result.ensemble, result.diagnostics
     torch.testing.assert_close(analysis, forecast, rtol=0, atol=1e-2)
@@ -244,12 +236,12 @@ def test_f2p_without_previous_uses_the_forecast_as_source():
     forecast = _forecast(n=6, d=4)
     enff = EnFFF2P(steps=4, sigma_min=1e-3, guidance="none")
     y = torch.zeros(4, dtype=torch.float64)
-    analysis = enff.analysis(forecast, y, _space(4), generator=torch.Generator().manual_seed(0)).ensemble
+    analysis = enff.analysis(forecast, y, ring_space(4), generator=torch.Generator().manual_seed(0)).ensemble
     torch.testing.assert_close(analysis, forecast, rtol=0, atol=1e-2)
     # the F2P path starts from the previous analysis; the OT path never reads it
     previous = forecast + 5.0
     for filt, uses_previous in ((enff, True), (EnFFOT(steps=4, sigma_min=1e-3, guidance="none"), False)):
-        with_previous, without = (filt.analysis(forecast, y, _space(4), previous=p, generator=torch.Generator().manual_seed(0))
+        with_previous, without = (filt.analysis(forecast, y, ring_space(4), previous=p, generator=torch.Generator().manual_seed(0))
                                   .ensemble for p in (previous, None))
         assert torch.equal(with_previous, without) is not uses_previous
 
@@ -257,7 +249,7 @@ def test_f2p_without_previous_uses_the_forecast_as_source():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_analysis_shape_dtype_diagnostics_and_reproducibility(dtype):
     forecast = _forecast(n=10, d=5, dtype=dtype).reshape(10, 5)
-    obs = _space(5, ATan(), std=0.1)
+    obs = ring_space(5, ATan(), std=0.1)
     y = torch.atan(torch.ones(5, dtype=torch.float64))
     enff = get_filter("enff-ot", steps=5, sampler="heun")
     a, first = _unpack(enff.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(1)))
@@ -281,7 +273,7 @@ def test_the_flat_guidance_keys_build_one_guidance_object_with_the_filter():
 
 def test_analysis_diagnostics_are_read_only():
     result = get_filter("enff-ot", steps=3).analysis(_forecast(n=6, d=4), torch.zeros(4, dtype=torch.float64),
-                                                     _space(4), generator=torch.Generator().manual_seed(0))
+                                                     ring_space(4), generator=torch.Generator().manual_seed(0))
     assert set(result.diagnostics) == {"max_weight", "distinct_members"}
     with pytest.raises(TypeError):
         result.diagnostics["max_weight"] = 0.0
@@ -300,17 +292,17 @@ def test_hyper_parameter_errors_name_the_key(key, value):
 def test_shape_errors_name_the_argument():
     enff = get_filter("enff-f2p")
     with pytest.raises(ValueError, match="forecast"):
-        enff.analysis(torch.zeros(4, 3), torch.zeros(5), _space(5), generator=torch.Generator())
+        enff.analysis(torch.zeros(4, 3), torch.zeros(5), ring_space(5), generator=torch.Generator())
     with pytest.raises(ValueError, match="previous"):
         enff.analysis(
-            torch.zeros(4, 5), torch.zeros(5), _space(5), previous=torch.zeros(3, 5), generator=torch.Generator()
+            torch.zeros(4, 5), torch.zeros(5), ring_space(5), previous=torch.zeros(3, 5), generator=torch.Generator()
         )
 
 
 @CUDA
 def test_cuda_analysis_matches_cpu_statistics():
     forecast = _forecast(n=16, d=32, dtype=torch.float32)
-    obs = _space(32, std=0.5)
+    obs = ring_space(32, std=0.5)
     obs_gpu = ObservationSpace(obs.operator, obs.std.cuda(), obs.grid, obs.state_shape)
     y = torch.zeros(32, dtype=torch.float64)
     enff = get_filter("enff-ot", steps=10)
@@ -324,11 +316,8 @@ def test_cuda_analysis_matches_cpu_statistics():
 @pytest.mark.parametrize("name", ["enff-ot", "enff-f2p", "ensf", "etkf", "enkf", "letkf", "bpf"])
 def test_cycle_with_every_observation_missing_returns_the_inflated_forecast(name):
     from enff.filters import get_filter
-    from enff.models.base import Grid
-    from enff.observations import ATan, ObservationSpace
 
-    grid = Grid(axes=(np.arange(16.0),), lengths=(16.0,))
-    obs = ObservationSpace(ATan(), torch.full((16,), 0.1, dtype=torch.float64), grid, (16,))
+    obs = ring_space(16, ATan(), 0.1)
     forecast = torch.randn(6, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     hyper = {"radius": 3.0} if name == "letkf" else {}
     filt = get_filter(name, inflation=1.1, **hyper)

@@ -2,24 +2,15 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from enff.filters import get_filter
 from enff.filters.ensemble_score import VPSchedule, prior_score
-from enff.models.base import Grid
-from enff.observations.operators import Identity, Indices
+from enff.observations.operators import Indices
 from enff.observations.space import ObservationSpace
 
-from helpers import CUDA
-
-
-def _space(d: int, std: float, operator=None, n_obs: int | None = None) -> ObservationSpace:
-    n_obs = d if n_obs is None else n_obs
-    grid = Grid(axes=(np.arange(d, dtype=np.float64),), lengths=(float(d),))
-    std_vector = torch.full((n_obs,), std, dtype=torch.float64)
-    return ObservationSpace(Identity() if operator is None else operator, std_vector, grid, (d,))
+from helpers import CUDA, ring_space
 
 
 def _forecast(n=24, d=5, seed=0, dtype=torch.float64):
@@ -60,7 +51,7 @@ def test_identity_observations_with_small_noise_pull_toward_y(score, sampler):
     forecast = _forecast(d=d, seed=3)
     y = torch.full((d,), 2.5, dtype=torch.float64)
     ensf = get_filter("ensf", steps=100, eps_alpha=0.05, eps_beta=0.01, score=score, sampler=sampler)
-    analysis = ensf.analysis(forecast, y, _space(d, 0.1), generator=torch.Generator().manual_seed(4)).ensemble
+    analysis = ensf.analysis(forecast, y, ring_space(d, std=0.1), generator=torch.Generator().manual_seed(4)).ensemble
     misfit = lambda ens: (ens.mean(0) - y).norm().item()  # noqa: E731
     assert torch.isfinite(analysis).all()
     # the prior score grows like 1 / beta_t^2 as t -> 0, so EnSF stops short of y (measured 0.15-0.37 here)
@@ -73,7 +64,7 @@ def test_uninformative_observations_leave_the_forecast_distribution(score):
     forecast = _forecast(n=n, d=d, seed=5)
     y = torch.full((d,), 4.0, dtype=torch.float64)
     ensf = get_filter("ensf", steps=60, eps_alpha=0.05, score=score)
-    analysis = ensf.analysis(forecast, y, _space(d, 1e4), generator=torch.Generator().manual_seed(6)).ensemble
+    analysis = ensf.analysis(forecast, y, ring_space(d, std=1e4), generator=torch.Generator().manual_seed(6)).ensemble
     # sampling error of a mean and of a std estimated from n members
     torch.testing.assert_close(analysis.mean(0), forecast.mean(0), rtol=0, atol=4 / math.sqrt(n))
     torch.testing.assert_close(analysis.std(0), forecast.std(0), rtol=0.15, atol=0)
@@ -85,12 +76,12 @@ def test_clipping_bounds_the_likelihood_score():
     d = 4
     forecast = _forecast(n=16, d=d, seed=7)
     y = torch.full((d,), 3.0, dtype=torch.float64)
-    obs = _space(d, 0.05)
+    obs = ring_space(d, std=0.05)
     kwargs = dict(steps=40, eps_alpha=0.05)
     seeded = lambda: torch.Generator().manual_seed(8)  # noqa: E731
     free = get_filter("ensf", **kwargs).analysis(forecast, y, obs, generator=seeded()).ensemble
     clipped = get_filter("ensf", clip=1e-6, **kwargs).analysis(forecast, y, obs, generator=seeded()).ensemble
-    ignored = get_filter("ensf", **kwargs).analysis(forecast, y, _space(d, 1e12), generator=seeded()).ensemble
+    ignored = get_filter("ensf", **kwargs).analysis(forecast, y, ring_space(d, std=1e12), generator=seeded()).ensemble
     torch.testing.assert_close(clipped, ignored, rtol=0, atol=1e-4)
     assert (free - clipped).abs().max() > 0.5
 
@@ -101,9 +92,9 @@ def test_masked_observations_have_no_influence():
     y = torch.tensor([2.0, float("nan"), 1.0, 0.5, float("nan")], dtype=torch.float64)
     kept = (0, 2, 3)
     ensf = get_filter("ensf", steps=20, score="mixture")
-    full = ensf.analysis(forecast, y, _space(d, 0.3), generator=torch.Generator().manual_seed(1)).ensemble
+    full = ensf.analysis(forecast, y, ring_space(d, std=0.3), generator=torch.Generator().manual_seed(1)).ensemble
     reduced = ensf.analysis(
-        forecast, y[list(kept)], _space(d, 0.3, Indices(kept), 3), generator=torch.Generator().manual_seed(1)
+        forecast, y[list(kept)], ring_space(d, Indices(kept), 0.3), generator=torch.Generator().manual_seed(1)
     ).ensemble
     assert torch.isfinite(full).all()
     torch.testing.assert_close(full, reduced)
@@ -112,7 +103,7 @@ def test_masked_observations_have_no_influence():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shape_dtype_and_reproducibility(dtype):
     forecast = _forecast(n=8, d=6, dtype=dtype)
-    obs = _space(6, 0.5)
+    obs = ring_space(6, std=0.5)
     y = torch.zeros(6, dtype=torch.float64)
     ensf = get_filter("ensf", steps=10)
     a = ensf.analysis(forecast, y, obs, generator=torch.Generator().manual_seed(2)).ensemble
@@ -132,7 +123,7 @@ def test_probability_flow_from_each_start_ends_where_the_ode_says(start):
     forecast = 3.0 * _forecast(n=n, d=d, seed=7)
     eps_beta = 0.25
     ensf = get_filter("ensf", steps=2000, eps_alpha=1.0, eps_beta=eps_beta, sampler="ode", start=start)
-    analysis = ensf.analysis(forecast, torch.zeros(d, dtype=torch.float64), _space(d, 1e8),
+    analysis = ensf.analysis(forecast, torch.zeros(d, dtype=torch.float64), ring_space(d, std=1e8),
                              generator=torch.Generator().manual_seed(8)).ensemble
     z = torch.randn(forecast.shape, generator=torch.Generator().manual_seed(8), dtype=forecast.dtype)
     x_start = z if start == "noise" else forecast + z  # alpha_1 = 1, beta_1 = 1
@@ -153,7 +144,7 @@ def test_hyper_parameter_errors_name_the_key(key, value):
 @CUDA
 def test_cuda_runs():
     forecast = _forecast(n=8, d=6, dtype=torch.float32).cuda()
-    obs = _space(6, 0.5)
+    obs = ring_space(6, std=0.5)
     obs = ObservationSpace(obs.operator, obs.std.cuda(), obs.grid, obs.state_shape)
     out = get_filter("ensf", steps=10).analysis(
         forecast, torch.zeros(6, device="cuda"), obs, generator=torch.Generator(device="cuda").manual_seed(0)

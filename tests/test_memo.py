@@ -10,9 +10,9 @@ import torch
 from enff.filters import localization
 from enff.filters.localization import local_observation_tensors, local_observations
 from enff.memo import IdentityMemo
-from enff.models.base import Grid
 from enff.observations.operators import Indices, Subsample
-from enff.observations.space import ObservationSpace
+
+from helpers import ring_space
 
 
 class _Owner:
@@ -47,17 +47,12 @@ def test_selection_index_is_reused_without_writing_into_the_frozen_operator():
     assert vars(selection) == {"every": 3, "offset": 0}  # only its fields
 
 
-def _space(operator, n_obs: int) -> ObservationSpace:
-    grid = Grid(axes=(np.arange(16.0),), lengths=(16.0,))
-    return ObservationSpace(operator, torch.full((n_obs,), 0.5, dtype=torch.float64), grid, (16,))
-
-
 def test_local_observations_are_found_again_for_equal_geometry_and_keep_no_tensors(monkeypatch):
-    obs = _space(Indices(tuple(range(0, 16, 2))), 8)
+    obs = ring_space(16, Indices(tuple(range(0, 16, 2))), 0.5)
     local = local_observations(obs, 2.0)
     assert {f.name for f in dataclasses.fields(local)} == {"active", "index", "weight"}
     # a new operator and grid with the same content (a mask that repeats): the same cached structure
-    again = _space(Indices(tuple(range(0, 16, 2))), 8)
+    again = ring_space(16, Indices(tuple(range(0, 16, 2))), 0.5)
     assert local_observations(again, 2.0) is local
     tensors = local_observation_tensors(obs, 2.0, "cpu", torch.float32)
     assert local_observation_tensors(again, 2.0, "cpu", torch.float32) is tensors
