@@ -53,11 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("cases", help="list the shipped cases")
 
-    learn = sub.add_parser("learn", help="train a learned analysis (filter 'learned') from twin-experiment run files")
-    learn.add_argument("files", type=Path, nargs="+", help="run files with truth (any filter's runs)")
+    learn = sub.add_parser("learn", help="train a learned analysis (filter 'learned') from twin-experiment run files, "
+                                         "or a field analysis from a case's simulated cycles (--case)")
+    learn.add_argument("files", type=Path, nargs="*", help="run files with truth (any filter's runs)")
+    learn.add_argument("--case", help="instead of run files: train a field analysis on cycles of this case (its "
+                                      "[filter] between analyses) simulated without files, any 1-D or 2-D periodic field")
+    learn.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8],
+                       help="run seeds (truths) simulated for --case; keep others for scoring")
+    learn.add_argument("--cycles", type=int, default=1000, help="cycles simulated per seed for --case")
     learn.add_argument("--out", type=Path, required=True, help="posterior file to write")
     learn.add_argument("--burn-in", type=int, default=None,
-                       help="cycles left out at the start of each file (default: the first tenth, cycles // 10)")
+                       help="cycles left out at the start of each file or simulated run (default: the first tenth, "
+                            "cycles // 10)")
     learn.add_argument("--max-epochs", type=int, default=500, help="upper bound on training epochs")
     learn.add_argument("--seed", type=int, default=0, help="seed of the weights, split and batches")
     add_progress_arguments(learn)
@@ -171,6 +178,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     from enff.amortized.analysis import analysis_training_set, fit_learned_analysis
     from enff.preflight import check_burn_in, check_output, existing_inputs
 
+    if bool(args.files) == bool(args.case):
+        return _fail("learn needs run files or --case CASE (one of the two)")
+    if args.case:
+        return _learn_field(args)
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         return _fail(f"no such run file: {', '.join(missing)}")
@@ -191,6 +202,35 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: state of {posterior.theta_dim} values, context of {posterior.x_dim}, "
           f"{theta.shape[0]} pairs, {len(history.validation_loss)} epochs, best validation loss "
           f"{min(history.validation_loss):.4g}; use it with: enff run CASE --filter learned "
+          f"--set filter.posterior='\"{args.out}\"'")
+    return 0
+
+
+def _learn_field(args: argparse.Namespace) -> int:
+    """``enff learn --case``: a field posterior trained on the case's simulated cycles."""
+    from enff.amortized import TrainingConfig
+    from enff.amortized.field_analysis import FieldFMPE
+    from enff.amortized.field_data import simulated_training_set
+    from enff.casefile import CaseError, load_case
+    from enff.cycle import Divergence
+    from enff.preflight import check_burn_in, check_output
+    from enff.summary import resolve_burn_in
+
+    try:
+        case = load_case(args.case)
+        check_output(args.out, {}, replace=True)
+        check_burn_in(args.burn_in, args.cycles)
+        data = simulated_training_set(case, args.seeds, args.cycles, burn_in=resolve_burn_in(args.burn_in, args.cycles))
+        training = TrainingConfig(max_epochs=args.max_epochs, progress=args.progress)
+        posterior = FieldFMPE(training=training, seed=args.seed).fit(data)
+    except (CaseError, ValueError, Divergence) as err:
+        return _fail(str(err))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    posterior.save(args.out)
+    history = posterior.history
+    print(f"wrote {args.out}: field analysis for a {posterior.layout.describe()} (any grid size), {data.size} "
+          f"analyses of seeds {args.seeds}, {len(history.validation_loss)} epochs, best validation loss "
+          f"{min(history.validation_loss):.4g}; use it with: enff run {args.case} --filter learned "
           f"--set filter.posterior='\"{args.out}\"'")
     return 0
 

@@ -174,3 +174,19 @@ def test_a_cycling_run_with_the_learned_field_analysis(small_case_text, tmp_path
     assert summary.cycles_done == 12
     with xr.open_dataset(tmp_path / "learned.nc") as ds:
         assert bool(np.isfinite(ds["analysis_mean"].values).all())
+
+
+def test_enff_learn_a_field_analysis_from_a_case_and_run_it(small_case_text, tmp_path, capsys):
+    from enff.cli import main
+
+    case_file = tmp_path / "l96.toml"
+    case_file.write_text(_l96_case(small_case_text).replace("cycles = 12", "cycles = 4"))
+    out = tmp_path / "field.pt"
+    assert main(["learn", "--case", str(case_file), "--seeds", "1", "2", "--cycles", "6", "--burn-in", "1",
+                 "--max-epochs", "1", "--out", str(out)]) == 0
+    assert "field analysis for a 1-D grid, 1 field (any grid size), 10 analyses" in capsys.readouterr().out
+    assert isinstance(load_posterior(out), FieldPosterior)
+    assert main(["run", str(case_file), "--filter", "learned", "--set", f"filter.posterior='{out}'",
+                 "--out", str(tmp_path / "run.nc"), "--quiet"]) == 0
+    assert main(["learn", "--out", str(out)]) == 2
+    assert "run files or --case" in capsys.readouterr().err
