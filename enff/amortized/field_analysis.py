@@ -55,9 +55,7 @@ def observation_field(y: torch.Tensor, space: ObservationSpace, layout: FieldLay
                          f"{space.operator!r} mixes state values")
     if y.shape != (space.n_obs,):
         raise ValueError(f"observation vector must have shape ({space.n_obs},), got {tuple(y.shape)}")
-    size = 1
-    for n in space.state_shape:
-        size *= n
+    size = math.prod(space.state_shape)
     finite = torch.isfinite(y)
     index = torch.as_tensor(space.state_index, device=y.device)[finite]
     value = torch.zeros(size, dtype=y.dtype, device=y.device).index_put_((index,), y[finite])
@@ -130,10 +128,9 @@ class FieldTrainingSet:
         layouts = {p.layout for p in parts}
         if len(layouts) != 1:
             raise ValueError(f"training sets of different layouts cannot be joined: {sorted(map(str, layouts))}")
-        cat = lambda get: torch.cat([get(p) for p in parts])  # noqa: E731
-        return cls(cat(lambda p: p.truth), FieldContext(cat(lambda p: p.context.observation),
-                                                        cat(lambda p: p.context.mask),
-                                                        cat(lambda p: p.context.forecast)), parts[0].layout)
+        context = FieldContext(*(torch.cat([getattr(p.context, name) for p in parts])
+                                 for name in ("observation", "mask", "forecast")))
+        return cls(torch.cat([p.truth for p in parts]), context, parts[0].layout)
 
 
 def _per_field(values: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,8 +201,11 @@ class FieldFMPE:
             t = sample_time(len(idx), self.time_prior_exponent, gen, device=z1.device)
             z0 = torch.randn(z1.shape, generator=gen, device=z1.device)
             z_t, u = ot_path(z1, z0, t, self.sigma_min)
-            velocity = lambda z, s: net(z.reshape(target[idx].shape), s, encoded).reshape(len(idx), -1)  # noqa: E731
-            return flow_matching_loss(velocity, z_t, t, u) / z1.shape[1]
+
+            def velocity(z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+                return net(z.reshape(len(idx), *target.shape[1:]), s, encoded).reshape(len(idx), -1)
+
+            return flow_matching_loss(velocity, z_t, t, u) / z1.shape[1]  # mean over grid points
 
         history = train(net, loss, data.size, self.training, generator)
         return FieldPosterior(net, error_std, self.solver, history, repr(self))

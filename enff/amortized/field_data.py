@@ -105,9 +105,8 @@ def simulated_training_set(case: Case, seeds: Iterable[int], cycles: int, *, bur
             values.append(value)
             masks.append(mask)
             forecasts.append(layout.to_channels(sim.forecast))
-        stack = lambda items: torch.stack(items).float()  # noqa: E731
-        parts.append(FieldTrainingSet(stack(truths), FieldContext(stack(values), stack(masks), stack(forecasts)),
-                                      layout))
+        truth, value, mask, forecast = (torch.stack(items).float() for items in (truths, values, masks, forecasts))
+        parts.append(FieldTrainingSet(truth, FieldContext(value, mask, forecast), layout))
     if not parts:
         raise ValueError("simulated_training_set needs at least one seed")
     return FieldTrainingSet.concatenate(parts)
