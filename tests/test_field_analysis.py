@@ -190,3 +190,16 @@ def test_enff_learn_a_field_analysis_from_a_case_and_run_it(small_case_text, tmp
                  "--out", str(tmp_path / "run.nc"), "--quiet"]) == 0
     assert main(["learn", "--out", str(out)]) == 2
     assert "run files or --case" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_learned_filter_runs_on_the_forecasts_device(posterior_file):
+    filt = get_filter("learned", posterior=str(posterior_file))
+    space = _space((32,), (32.0,), every=4)
+    device = torch.device("cuda")
+    space = ObservationSpace(space.operator, space.std.to(device), space.grid, space.state_shape)
+    forecast = torch.randn((6, 32), dtype=torch.float64, device=device)
+    y = torch.randn(space.n_obs, dtype=torch.float64, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    analysis = filt.analysis(forecast, y, space, generator=gen).ensemble
+    assert analysis.device.type == "cuda" and analysis.shape == forecast.shape and analysis.dtype == forecast.dtype
