@@ -6,8 +6,9 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 
 from enff.observations.space import ObservationSpace
@@ -15,13 +16,19 @@ from enff.observations.space import ObservationSpace
 from .base import register
 from .ensemble_space import ObservedEnsemble, square_root_update, square_root_update_and_weights
 from .etkf import ETKF
-from .localization import check_radius, local_observation_tensors
+from .localization import check_radius, local_observation_tensors, local_observations
 from .step_length import best_step_lengths
 
-__all__ = ["CHUNK_ELEMENTS", "LETKF", "letkf_update"]
+__all__ = ["CHUNK_ELEMENTS", "LETKF", "LocalBackend", "letkf_update"]
 
 #: Size (in numbers) of the gathered local observation anomalies per batch of local analyses.
 CHUNK_ELEMENTS = 1 << 22
+
+#: How the local analyses are computed: ``"numba"`` (CPU: the fused kernel of
+#: :mod:`~enff.filters._letkf_numba`, one element at a time), ``"torch"`` (any device: batches of
+#: ``torch.linalg.eigh``) or ``"auto"`` (``"numba"`` for CPU tensors, ``"torch"`` otherwise). Both give the
+#: same analysis to round-off.
+LocalBackend = Literal["auto", "numba", "torch"]
 
 
 @register("letkf")
@@ -31,10 +38,13 @@ class LETKF(ETKF):
 
     Every state element gets its own ETKF analysis from the observations within ``2 * radius`` on the
     model grid (periodic, multi-dimensional), each R^-1 entry multiplied by the taper of its distance.
-    The local problems are solved as batches of ``N x N`` eigen-decompositions (torch, any device), a
-    chunk of elements at a time so that the gathered local anomalies hold about ``CHUNK_ELEMENTS``
-    numbers; elements without local observations keep their forecast. The neighbour lists are cached
-    per geometry (see :func:`~enff.filters.localization.local_observations`).
+    On the CPU the local problems are solved one element at a time by a fused numba kernel (a
+    Householder tridiagonalization and implicit QR of the smaller of the ``N x N`` and local
+    observation-space matrices, :mod:`~enff.filters._letkf_numba`); on other devices as batches of
+    ``torch.linalg.eigh``, a chunk of elements at a time so that the gathered local anomalies hold about
+    ``CHUNK_ELEMENTS`` numbers (see :data:`LocalBackend`). Elements without local observations keep
+    their forecast. The neighbour lists are cached per geometry (see
+    :func:`~enff.filters.localization.local_observations`).
 
     Attributes
     ----------
@@ -92,6 +102,7 @@ def letkf_update(
     *,
     pointwise: Callable[[torch.Tensor], torch.Tensor] | None = None,
     sources: torch.Tensor | None = None,
+    backend: LocalBackend = "auto",
 ) -> tuple[torch.Tensor, float]:
     """One LETKF analysis of flat members ``(N, d)``, all local analyses batched (global ETKF for ``inf``).
 
@@ -110,6 +121,8 @@ def letkf_update(
     pointwise, sources:
         For the line search (finite radius only): the operator's pointwise map and each observation's flat
         state index (see :meth:`LETKF._line_search_inputs`); ``None`` for the plain update.
+    backend:
+        How the local analyses are computed (:data:`LocalBackend`); ``"numba"`` needs CPU tensors.
 
     Returns
     -------
@@ -120,25 +133,74 @@ def letkf_update(
     anomalies = members - mean
     if math.isinf(radius):
         return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies), 0.0
-    scaled = observed.anomalies.T  # (p, N)
-    active, index, weight = local_observation_tensors(obs, radius, members.device, members.dtype)
+    if backend == "auto":
+        backend = "numba" if members.device.type == "cpu" else "torch"
+    if backend not in ("numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    if backend == "numba" and members.device.type != "cpu":
+        raise ValueError(f"backend 'numba' needs CPU tensors, got members on {members.device}")
+    if backend == "numba":
+        local = local_observations(obs, radius)
+        active, index, weight = local.active, local.index, local.weight
+    else:
+        active, index, weight = local_observation_tensors(obs, radius, members.device, members.dtype)
     analysis = members.clone()
+    n_members = members.shape[0]
+    if backend == "numba" and pointwise is None:
+        chunk = max(1, active.shape[0])  # one call: the kernel needs no gathered copies
+    else:
+        chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * n_members))
     shortened = 0
-    chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * members.shape[0]))
     for start in range(0, active.shape[0], chunk):
         rows = slice(start, start + chunk)
-        local = index[rows]
-        elements = active[rows]
-        local_anomalies = anomalies[:, elements].T.unsqueeze(-1)  # (chunk, member, 1)
-        update, wbar = square_root_update_and_weights(scaled[local], observed.innovation[local],
-                                                      local_anomalies, weight[rows])  # wbar: (chunk, member)
-        update = update.squeeze(-1).T  # (member, chunk)
+        if backend == "numba":
+            wbar = _numba_chunk(analysis, anomalies, mean, observed, active[rows], index[rows], weight[rows],
+                                keep_wbar=pointwise is not None)
+        else:
+            wbar = _torch_chunk(analysis, anomalies, mean, observed, active[rows], index[rows], weight[rows])
         if pointwise is not None:
-            source = sources[local]  # (chunk, max_local)
+            local_index = torch.as_tensor(index[rows], device=members.device)
+            local_weight = torch.as_tensor(weight[rows], device=members.device, dtype=members.dtype)
+            elements = torch.as_tensor(active[rows], device=members.device)
+            source = sources[local_index]  # (chunk, max_local)
             increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar)
-            length = best_step_lengths(wbar, mean[source], increment, observed.innovation[local],
-                                       observed.mean[local], observed.std[local], weight[rows], pointwise)
+            length = best_step_lengths(wbar, mean[source], increment, observed.innovation[local_index],
+                                       observed.mean[local_index], observed.std[local_index], local_weight,
+                                       pointwise)
             shortened += int((length < 1).sum())
-            update = update + (length.to(update.dtype) - 1) * update.mean(dim=0)
-        analysis[:, elements] = mean[elements] + update
+            columns = analysis[:, elements]
+            analysis[:, elements] = columns + (length.to(members.dtype) - 1) * (columns.mean(dim=0) - mean[elements])
     return analysis, shortened / max(1, active.shape[0])
+
+
+def _torch_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
+                 elements: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The local analyses of ``elements`` as one batch of eigen-decompositions, written into ``analysis``.
+
+    ``index`` and ``weight`` are the elements' local observations and tapers ``(chunk, max_local)``; returns
+    the mean weights ``wbar``, ``(chunk, N)`` float64.
+    """
+    local_anomalies = anomalies[:, elements].T.unsqueeze(-1)  # (chunk, member, 1)
+    update, wbar = square_root_update_and_weights(observed.anomalies.T[index], observed.innovation[index],
+                                                  local_anomalies, weight)
+    analysis[:, elements] = mean[elements] + update.squeeze(-1).T
+    return wbar
+
+
+def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
+                 elements: np.ndarray, index: np.ndarray, weight: np.ndarray, *, keep_wbar: bool) -> torch.Tensor:
+    """The local analyses of ``elements`` by the numba kernel, written into ``analysis`` (CPU tensors).
+
+    Returns the mean weights ``wbar``, ``(chunk, N)`` float64 (``(0, N)`` unless ``keep_wbar``).
+    """
+    from ._letkf_numba import letkf_local_analyses
+
+    n_members = analysis.shape[0]
+    wbar = np.empty((elements.shape[0] if keep_wbar else 0, n_members))
+    failed = letkf_local_analyses(
+        anomalies.detach().contiguous().numpy(), mean.detach().contiguous().numpy(),
+        observed.anomalies.detach().T.contiguous().numpy(), observed.innovation.detach().contiguous().numpy(),
+        elements, index, weight, analysis.detach().numpy(), wbar)
+    if failed:
+        raise torch.linalg.LinAlgError(f"{failed} local LETKF eigenproblems did not converge")
+    return torch.from_numpy(wbar)
