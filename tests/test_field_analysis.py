@@ -84,6 +84,17 @@ def _toy_set(n: int, points: int, seed: int) -> FieldTrainingSet:
     return FieldTrainingSet(truth, FieldContext(y, mask, forecast), FieldLayout(1, 1))
 
 
+def test_training_ignores_the_values_of_unobserved_points():
+    data = _toy_set(32, 12, 3)
+    nan = FieldContext(torch.where(data.context.mask > 0, data.context.observation, torch.tensor(float("nan"))),
+                       data.context.mask, data.context.forecast)
+    training = TrainingConfig(batch_size=16, max_epochs=1, progress=False)
+    a = FieldFMPE(network=TINY, training=training, solver=COARSE).fit(data)
+    b = FieldFMPE(network=TINY, training=training, solver=COARSE).fit(FieldTrainingSet(data.truth, nan, data.layout))
+    for key, value in a.net.state_dict().items():
+        assert torch.equal(value, b.net.state_dict()[key]), key
+
+
 @pytest.fixture(scope="module")
 def posterior_file(tmp_path_factory):
     """A barely trained 1-D field posterior (the file and the filter, not its accuracy, are under test)."""

@@ -137,6 +137,7 @@ def _per_field(values: torch.Tensor, weights: torch.Tensor | None = None) -> tup
     """Mean and standard deviation per field of ``values`` ``(n, F, *spatial)`` (where ``weights`` is 1)."""
     moved = values.transpose(0, 1).reshape(values.shape[1], -1)
     w = torch.ones_like(moved) if weights is None else weights.transpose(0, 1).reshape(values.shape[1], -1)
+    moved = torch.where(w > 0, moved, torch.zeros_like(moved))  # values of weight 0 may be anything, NaN too
     count = w.sum(1).clamp_min(1)
     mean = (moved * w).sum(1) / count
     std = (((moved - mean[:, None]) ** 2 * w).sum(1) / count).sqrt()
