@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--outdir", type=Path, default=None, help="folder for the PNGs (default: beside the file)")
     plot.add_argument("--burn-in", type=int, default=None,
                       help="cycles shaded as burn-in (default: the first tenth, cycles // 10, as enff score)")
+    plot.add_argument("--window", type=int, default=None, metavar="CYCLES",
+                      help="cycles at the end of the run in the Hovmoller diagram and time series (default: the "
+                           "last 300; the whole run when shorter)")
 
     sub.add_parser("cases", help="list the shipped cases")
 
@@ -149,13 +152,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from enff.plots import plot_run
+    from enff.plots import WINDOW, plot_run
     from enff.runfile import RunFileError
 
     if not args.file.is_file():
         return _fail(f"{args.file}: no such file")
     try:
-        paths = plot_run(args.file, args.outdir, burn_in=args.burn_in)
+        paths = plot_run(args.file, args.outdir, burn_in=args.burn_in,
+                         window=WINDOW if args.window is None else args.window)
     except RunFileError as err:
         return _fail(str(err))
     except (ValueError, KeyError, OSError) as err:

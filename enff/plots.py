@@ -28,10 +28,13 @@ from matplotlib.figure import Figure
 from enff.runfile import open_run
 from enff.summary import resolve_burn_in
 
-__all__ = ["FEW", "plot_run"]
+__all__ = ["FEW", "WINDOW", "plot_run"]
 
 #: States with fewer values than this are drawn as time series rather than as a Hovmoller diagram.
 FEW = 10
+#: Default number of cycles at the end of the run in the Hovmoller diagram and time series (``enff plot
+#: --window``): a few hundred cycles stay readable, a whole run of thousands is a band.
+WINDOW = 300
 #: Largest number of grid points drawn along one axis (larger states are drawn at a stride).
 _MAX_POINTS = 2048
 #: Diagnostics that count members: drawn beside the ensemble size.
@@ -262,7 +265,7 @@ def _rank_histogram(ds: xr.Dataset, title: str) -> Figure:
     return fig
 
 
-def plot_run(path: str | Path, outdir: str | Path | None = None, *, window: int = 300,
+def plot_run(path: str | Path, outdir: str | Path | None = None, *, window: int = WINDOW,
              burn_in: int | None = None, snapshots: int = 3) -> list[Path]:
     """Write the figures of run file ``path`` (see the module docstring) into ``outdir`` (default: beside
     the file) and return their paths.
@@ -273,7 +276,8 @@ def plot_run(path: str | Path, outdir: str | Path | None = None, *, window: int 
     spread evenly from the end of the burn-in to the last cycle.
     """
     if window < 1 or snapshots < 1:
-        raise ValueError(f"window and snapshots must be >= 1, got {window} and {snapshots}")
+        raise ValueError(f"window (cycles in the Hovmoller diagram) and snapshots must be >= 1, got {window} and "
+                         f"{snapshots}")
     path = Path(path)
     outdir = Path(outdir) if outdir is not None else path.parent
     ds = open_run(path)

@@ -38,12 +38,36 @@ from enff.safefile import LockHeld, WriterLock, publish, remove_stale_temporarie
 from enff.tracking import NO_SKILL, OVERCONFIDENT, truth_scale
 
 __all__ = ["CycleRecord", "ResumePoint", "RunFile", "RunFileError", "RunFileLocked", "RunFileWriteError",
-           "RunLayout", "RunState", "TIMINGS", "check_run", "open_run"]
+           "RunLayout", "RunState", "TIME_ATTRS", "TIMINGS", "check_run", "open_run"]
 
 #: Per-cycle timing variables beside the scores of :data:`enff.scores.SCORES`: name -> (long_name, units).
 TIMINGS: dict[str, tuple[str, str]] = {"analysis_seconds": ("wall-clock seconds of the analysis step", "s")}
-#: CF ``axis`` of the state dimensions that are spatial axes of the model grid.
+#: Cartesian axis of the state dimensions that are spatial axes of the model grid, written as
+#: ``cartesian_axis`` (read by ``cf_xarray``). Not CF's ``axis``: CF-1.8 reserves ``axis = "X"``/``"Y"`` for
+#: longitude/latitude or map-projection coordinates, which the dimensionless periodic model domains are not
+#: (the IOOS compliance checker then asks for ``degrees_east``/``degrees_north``).
 GRID_AXES = {"x": "X", "y": "Y"}
+#: Epoch of :data:`TIME_ATTRS`: arbitrary, a date ``numpy.datetime64`` holds at nanosecond resolution.
+TIME_EPOCH = "1970-01-01 00:00:00"
+#: CF attributes of the ``time`` coordinate. The models are dimensionless, but CF needs a time coordinate
+#: in time units since a reference date (cfchecks, and the IOOS checker's rule that a dimension named
+#: ``time`` has standard_name ``time``), so one model time unit is written as one second after the arbitrary
+#: :data:`TIME_EPOCH`: the stored numbers are the model times themselves, and the ``comment`` says so.
+#: :func:`open_run` reads them as numbers (``decode_times=False``); plain ``xarray.open_dataset`` decodes
+#: them to datetimes ``TIME_EPOCH + t seconds``. Files written before this encoding (``units = "1"``) read
+#: the same through :func:`open_run` and resume unchanged (their attributes are kept).
+TIME_ATTRS: dict[str, str] = {
+    "standard_name": "time",
+    "long_name": "model time since the end of the spin-up (dimensionless model time units, written as seconds)",
+    "units": f"seconds since {TIME_EPOCH}",
+    "calendar": "standard",
+    "axis": "T",
+    "comment": ("The models are dimensionless. CF requires a time coordinate to carry time units since a "
+                "reference date, so each value is the model time since the end of the spin-up written as that "
+                f"many seconds after the arbitrary epoch {TIME_EPOCH}: one model time unit is stored as one "
+                "second, and the dates mean nothing. Read the numbers with decode_times=False (as "
+                "enff.runfile.open_run does), or subtract the epoch from the decoded datetimes."),
+}
 _EMPTY_SLOT = -2
 #: netCDF modes of the writer: unbuffered shared access (NC_SHARE, the "s"), so that every put goes to
 #: the operating system as it is made, in program order (the record count in the header too, as a record
@@ -58,7 +82,7 @@ _RESERVE_SLACK = 1 << 16
 def _define_state_coordinate(ds: netCDF4.Dataset, dim: str, values: np.ndarray) -> None:
     """The dimension ``dim`` and its coordinate in ``ds``: text labels (``values`` of strings, e.g. the
     fields of a multi-field state) as a character array ``(dim, <dim>_strlen)`` that xarray reads as strings,
-    else grid positions in dimensionless model length units with the CF ``axis`` of :data:`GRID_AXES`."""
+    else grid positions in dimensionless model length units with the ``cartesian_axis`` of :data:`GRID_AXES`."""
     ds.createDimension(dim, len(values))
     if values.dtype.kind in "US":
         width = max(1, max(len(str(v)) for v in values))
@@ -71,7 +95,7 @@ def _define_state_coordinate(ds: netCDF4.Dataset, dim: str, values: np.ndarray) 
     var[:] = values
     var.long_name, var.units = f"grid coordinate {dim} (model length units)", "1"
     if dim in GRID_AXES:
-        var.axis = GRID_AXES[dim]
+        var.cartesian_axis = GRID_AXES[dim]
 
 
 class RunFileError(ValueError):
@@ -298,8 +322,7 @@ class RunFile:
         for dim in state_dims:
             _define_state_coordinate(ds, dim, np.asarray(layout.coords[dim]))
         time = ds.createVariable("time", "f8", ("time",))
-        time.long_name = "model time since the end of the spin-up (dimensionless model time units)"
-        time.units = "1"
+        time.setncatts(TIME_ATTRS)
         member = ds.createVariable("member", "i4", ("member",))
         member[:] = np.arange(n_members)
         member.standard_name = "realization"
@@ -561,11 +584,12 @@ def open_run(path: str | Path, *, check: bool = True, **kwargs: Any) -> xr.Datas
     """Open a run file with xarray, keeping only complete cycles and dropping the restart area.
 
     With ``check`` (the default) the file must pass :func:`check_run` first (:class:`RunFileError` names
-    it otherwise); ``kwargs`` go to :func:`xarray.open_dataset`.
+    it otherwise); ``kwargs`` go to :func:`xarray.open_dataset`. ``time`` holds model time as numbers
+    (``decode_times=False`` unless given, see :data:`TIME_ATTRS`).
     """
     if check:
         check_run(path)
-    ds = xr.open_dataset(path, **kwargs)
+    ds = xr.open_dataset(path, **{"decode_times": False, **kwargs})
     ds = ds.drop_vars([v for v in ("restart_analysis", "restart_truth", "restart_cycle") if v in ds.variables])
     if ds.sizes.get("time", 0):
         ds = ds.isel(time=(ds["cycle_complete"] == 1).values)

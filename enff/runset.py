@@ -168,7 +168,8 @@ def open_runs(paths: Iterable[str | Path], **kwargs: Any) -> xr.Dataset:
     infos = [read_run_info(p) for p in paths]
     keys = override_keys(infos)
     options: dict[str, Any] = {"combine": "nested", "concat_dim": "run", "join": "outer", "data_vars": "all",
-                               "coords": "minimal", "compat": "override", "combine_attrs": "drop_conflicts"}
+                               "coords": "minimal", "compat": "override", "combine_attrs": "drop_conflicts",
+                               "decode_times": False}  # model time as numbers (enff.runfile.TIME_ATTRS)
     sources = [str(p.resolve()) for p in paths]
     masks = {source: info.complete for source, info in zip(sources, infos)}
     ds = xr.open_mfdataset(sources, preprocess=_keep_complete_cycles(masks), **{**options, **kwargs})

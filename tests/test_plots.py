@@ -45,6 +45,30 @@ def test_plot_command_takes_a_burn_in(l96_bpf, tmp_path):
     assert main(["plot", str(l96_bpf), "--outdir", str(tmp_path), "--burn-in", "-1"]) == 2
 
 
+def test_plot_command_takes_a_hovmoller_window(l96_bpf, tmp_path, monkeypatch, capsys):
+    import enff.plots
+    from enff.cli import build_parser, main
+
+    shown = []
+    draw = enff.plots._hovmoller
+
+    def recording(ds, dim, window, *args):
+        shown.append(ds["time"].values[window])
+        return draw(ds, dim, window, *args)
+
+    monkeypatch.setattr(enff.plots, "_hovmoller", recording)
+    t = open_run(l96_bpf)["time"].values  # 20 cycles
+    assert main(["plot", str(l96_bpf), "--outdir", str(tmp_path), "--window", "8"]) == 0
+    assert main(["plot", str(l96_bpf), "--outdir", str(tmp_path)]) == 0  # default: WINDOW > 20, the whole run
+    np.testing.assert_array_equal(shown[0], t[-8:])
+    np.testing.assert_array_equal(shown[1], t)
+    assert (tmp_path / "run_hovmoller.png").stat().st_size > 5000
+    assert main(["plot", str(l96_bpf), "--outdir", str(tmp_path), "--window", "0"]) == 2
+    assert "window" in capsys.readouterr().err
+    plot_help = build_parser()._subparsers._group_actions[0].choices["plot"].format_help()
+    assert f"last {enff.plots.WINDOW}" in " ".join(plot_help.split())  # the help states the default
+
+
 def test_hovmoller_window_and_error_scale_centred_on_zero(l96_bpf):
     ds = open_run(l96_bpf)
     t = ds["time"].values
