@@ -43,7 +43,8 @@ from .training import TrainingConfig, TrainingHistory, train
 __all__ = ["FieldContext", "FieldFMPE", "FieldPosterior", "FieldTrainingSet", "observation_field"]
 
 
-def observation_field(y: torch.Tensor, space: ObservationSpace, layout: FieldLayout) -> tuple[torch.Tensor, torch.Tensor]:
+def observation_field(y: torch.Tensor, space: ObservationSpace,
+                      layout: FieldLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """The observations of one cycle placed on the grid: ``(value, mask)``, each ``(F, *spatial)``.
 
     ``y`` ``(n_obs,)`` in observation units; missing (non-finite) entries are unobserved. ``value`` is 0 and
@@ -283,7 +284,8 @@ class FieldPosterior(Posterior):
             encoded, mean = self._encoded(x, device)
         lead = theta.shape[:theta.ndim - mean.ndim]
         if tuple(theta.shape[len(lead):]) != tuple(mean.shape):
-            raise ValueError(f"theta must have shape (..., {', '.join(map(str, mean.shape))}), got {tuple(theta.shape)}")
+            raise ValueError(f"theta must have shape (..., {', '.join(map(str, mean.shape))}), "
+                             f"got {tuple(theta.shape)}")
         reps = math.prod(lead)
         z = ((theta.float() - mean) / self._scale()).reshape(reps * mean.shape[0], -1)
         rows = encoded.repeat(reps, *(1,) * (encoded.ndim - 1))

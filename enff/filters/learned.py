@@ -81,7 +81,8 @@ class LearnedAnalysis(Filter):
         try:
             layout = FieldLayout.of(obs.grid)
         except ValueError as err:
-            raise ValueError(f"{self.posterior} holds a field posterior ({posterior.layout.describe()}): {err}") from None
+            raise ValueError(f"{self.posterior} holds a field posterior ({posterior.layout.describe()}): "
+                             f"{err}") from None
         if layout != posterior.layout:
             raise ValueError(f"{self.posterior} was trained for a {posterior.layout.describe()}; this case's state "
                              f"of shape {tuple(forecast.shape[1:])} is a {layout.describe()}")
