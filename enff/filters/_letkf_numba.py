@@ -1,24 +1,28 @@
-"""Fused numba kernel of the LETKF's local analyses on the CPU, one state element at a time.
+"""Fused numba kernel of the LETKF's local analyses on the CPU, eight local problems in SIMD lockstep.
 
 Every local problem is an ETKF analysis of one state element (Hunt et al., 2007) in the notation of
 :mod:`~enff.filters.ensemble_space`: ``m`` local observations with tapers ``w``, ``B = diag(sqrt(w)) S``
 (``m x N``), ``r = diag(sqrt(w)) dy`` and ``c = N - 1``. The analysis of element ``i`` with forecast
 anomalies ``x = X'[:, i]`` is ``mean_i + (x . wbar) 1 + sqrt(c) A^{-1/2} x`` with ``A = c I + B^T B`` and
 ``wbar = A^{-1} B^T r``. Only matrix functions applied to a few vectors are needed, never ``A^{-1/2}``
-itself, so the symmetric eigenproblem of the smaller of ``A`` (``N x N``, when ``m >= N``) and
-``K = B B^T`` (``m x m``, when ``m < N``; the same push-through identities as
-:func:`~enff.filters.ensemble_space.square_root_update`) is solved as
+itself, so the symmetric eigenproblem of the smaller of ``A`` (``N x N``) and ``K = B B^T`` (``m x m``;
+the same push-through identities as :func:`~enff.filters.ensemble_space.square_root_update`) is solved as
 
 1. Householder reduction to a tridiagonal matrix, ``M = H T H^T`` (the reflectors are kept, ``H`` is
    never formed);
-2. implicit symmetric QR steps with Wilkinson shifts on ``T = Z diag(lambda) Z^T``, each Givens rotation
+2. implicit symmetric QR sweeps with Wilkinson shifts on ``T = Z diag(lambda) Z^T``, each Givens rotation
    applied to the two vectors at hand and recorded (``Z`` is never formed either);
-3. the scaling by functions of ``lambda`` in that eigenbasis, then the recorded rotations and the reflectors
-   applied backwards to the one vector that has to go back.
+3. the scaling by functions of ``lambda`` in that eigenbasis, then the recorded rotations and the
+   reflectors applied backwards to the vectors that have to go back.
 
-That is the eigen-decomposition the torch path (``torch.linalg.eigh``) computes, to round-off, at
-about a third of its flops and without the per-matrix overhead of a batched LAPACK call. Everything is
-computed in float64 whatever the dtype of the arrays (see the Notes of
+That is the eigen-decomposition the torch path (``torch.linalg.eigh``) computes, to round-off, at a
+fraction of its flops and without the per-matrix overhead of a batched LAPACK call. ``LANES`` local
+problems (consecutive elements) run in lockstep, every array with the lane as its last, contiguous axis,
+so that each arithmetic operation is one SIMD instruction for all of them: they share one problem size
+(shorter ones are padded with zero-taper observations, which change nothing) and one QR schedule. A
+lane's interior off-diagonal that becomes negligible splits its matrix; the sweep then restarts below
+the split in that lane (the rotation at the split is the identity), so the lanes need no common
+deflation. Everything is computed in float64 whatever the dtype of the arrays (see the Notes of
 :func:`~enff.filters.ensemble_space.square_root_update`). Compiled lazily per dtype and cached on disk
 (``cache=True``).
 """
@@ -30,177 +34,181 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["letkf_local_analyses"]
+__all__ = ["LANES", "letkf_local_analyses"]
 
 #: Relative size of an off-diagonal element of the tridiagonal matrix below which it is set to zero.
 _EPS = 2.0**-52
-#: Implicit QR sweeps allowed per eigenvalue before the local problem is reported unconverged (as LAPACK).
+#: Implicit QR sweeps allowed per eigenvalue (summed over the problem size) before giving up, as LAPACK.
 _SWEEPS_PER_EIGENVALUE = 30
-#: Let LLVM reorder sums (so that dot products vectorize) and fuse multiply-adds; no other fast-math flag.
+#: Let LLVM reorder sums and fuse multiply-adds (so that loops vectorize); no other fast-math flag.
 _FASTMATH = {"reassoc", "contract"}
-#: Local problems whose implicit QR iterations are interleaved (independent chains the processor overlaps).
-_LANES = 4
+#: Local problems solved side by side (two AVX2 vectors of float64).
+LANES = 8
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _tridiagonalize(m, n, beta, diag, off, work):
-    """Reduce the symmetric ``m[:n, :n]`` to tridiagonal ``(diag, off)`` by Householder reflectors.
+    """Reduce every lane of the symmetric ``m[:n, :n, :]`` to tridiagonal ``(diag, off)`` by Householder.
 
-    Reflector ``k`` (``I - beta[k] v v^T`` on coordinates ``k + 1 .. n - 1``) is left in ``m[k, k + 1:n]``;
-    both triangles of ``m`` are read and updated (full rows keep the inner loops contiguous); ``work`` is
-    scratch of length ``n``.
+    Reflector ``k`` of a lane (``I - beta[k] v v^T`` on coordinates ``k + 1 .. n - 1``) is left in
+    ``m[k, k + 1:n]``; only the upper triangle of ``m`` is read or written. ``off[j]`` couples ``j`` and
+    ``j + 1``; ``work`` is scratch ``(n, lanes)``.
     """
+    lanes = m.shape[2]
     for k in range(n - 2):
-        norm2 = 0.0
-        for i in range(k + 1, n):
-            norm2 += m[k, i] * m[k, i]
-        x0 = m[k, k + 1]
-        alpha = -math.copysign(math.sqrt(norm2), x0)
-        vv = norm2 - 2.0 * alpha * x0 + alpha * alpha  # |x - alpha e1|^2
-        diag[k] = m[k, k]
-        if vv == 0.0:  # column already reduced
-            beta[k] = 0.0
-            off[k] = x0
-            continue
-        off[k] = alpha
-        m[k, k + 1] = x0 - alpha
-        b = 2.0 / vv
-        beta[k] = b
-        vp = 0.0
+        for l in range(lanes):
+            norm2 = 0.0
+            for i in range(k + 1, n):
+                norm2 += m[k, i, l] * m[k, i, l]
+            x0 = m[k, k + 1, l]
+            alpha = -math.copysign(math.sqrt(norm2), x0)
+            vv = norm2 - 2.0 * alpha * x0 + alpha * alpha  # |x - alpha e1|^2
+            diag[k, l] = m[k, k, l]
+            off[k, l] = alpha if vv > 0.0 else x0  # vv = 0: the column is already reduced (x = 0)
+            m[k, k + 1, l] = x0 - alpha
+            beta[k, l] = 2.0 / vv if vv > 0.0 else 0.0
         for i in range(k + 1, n):  # work = M22 v
-            acc = 0.0
-            for j in range(k + 1, n):
-                acc += m[i, j] * m[k, j]
-            work[i] = acc
-            vp += m[k, i] * acc
-        half = 0.5 * b * b * vp
-        for i in range(k + 1, n):
-            work[i] = b * work[i] - half * m[k, i]  # q = p - (b v^T p / 2) v with p = b M22 v
-        for i in range(k + 1, n):  # M22 -= v q^T + q v^T
-            vi, qi = m[k, i], work[i]
-            for j in range(k + 1, n):
-                m[i, j] -= vi * work[j] + qi * m[k, j]
-    if n >= 2:
-        diag[n - 2] = m[n - 2, n - 2]
-        off[n - 2] = m[n - 2, n - 1]
-    if n >= 1:
-        diag[n - 1] = m[n - 1, n - 1]
+            for l in range(lanes):
+                work[i, l] = 0.0
+        for j in range(k + 1, n):
+            for l in range(lanes):
+                vj = m[k, j, l]
+                acc = m[j, j, l] * vj
+                for i in range(j + 1, n):
+                    mji = m[j, i, l]
+                    acc += mji * m[k, i, l]
+                    work[i, l] += mji * vj
+                work[j, l] += acc
+        for l in range(lanes):
+            b = beta[k, l]
+            vp = 0.0
+            for i in range(k + 1, n):
+                vp += m[k, i, l] * work[i, l]
+            half = 0.5 * b * b * vp
+            for i in range(k + 1, n):
+                work[i, l] = b * work[i, l] - half * m[k, i, l]  # q = p - (b v^T p / 2) v, p = b M22 v
+        for j in range(k + 1, n):  # M22 -= v q^T + q v^T
+            for i in range(j, n):
+                for l in range(lanes):
+                    m[j, i, l] -= m[k, j, l] * work[i, l] + work[j, l] * m[k, i, l]
+    for l in range(lanes):
+        if n >= 2:
+            diag[n - 2, l] = m[n - 2, n - 2, l]
+            off[n - 2, l] = m[n - 2, n - 1, l]
+        diag[n - 1, l] = m[n - 1, n - 1, l]
+        off[n - 1, l] = 0.0  # padding: couples the last element to nothing
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _reflect(m, n, beta, vec, backwards):
-    """``vec <- H^T vec`` (``backwards=False``) or ``vec <- H vec`` with the reflectors left in ``m``."""
+    """``vec <- H^T vec`` (``backwards=False``) or ``vec <- H vec``, every lane, with the reflectors in ``m``."""
+    lanes = m.shape[2]
+    dot = np.empty(lanes)
     for step in range(n - 2):
         k = n - 3 - step if backwards else step
-        b = beta[k]
-        if b == 0.0:
-            continue
-        dot = 0.0
+        for l in range(lanes):
+            dot[l] = 0.0
         for i in range(k + 1, n):
-            dot += m[k, i] * vec[i]
-        dot *= b
+            for l in range(lanes):
+                dot[l] += m[k, i, l] * vec[i, l]
         for i in range(k + 1, n):
-            vec[i] -= dot * m[k, i]
+            for l in range(lanes):
+                vec[i, l] -= beta[k, l] * dot[l] * m[k, i, l]
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _tridiagonal_eigen(lanes, sizes, diag, off, u, v, cos, sin, where, counts):
-    """Eigenvalues of the tridiagonal ``(diag[l], off[l])`` of every lane ``l`` into ``diag[l]`` by implicit QR.
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _tridiagonal_eigen(n, diag, off, u, v, cos, sin, where):
+    """Eigenvalues of every lane's tridiagonal ``(diag, off)`` into ``diag`` by implicit QR, in lockstep.
 
-    Each lane is an independent problem of size ``sizes[l]``; the lanes advance one Givens rotation each in
-    turn, so that the processor overlaps their (otherwise serial) chains of square roots and divisions.
-    Every rotation ``G`` (on coordinates ``k, k + 1``) of lane ``l`` updates ``u[l] <- G^T u[l]`` and
-    ``v[l] <- G^T v[l]`` and is recorded in ``cos[l], sin[l], where[l]``; ``counts[l]`` is set to the number of
-    rotations, or ``-1`` if an eigenvalue took more than ``_SWEEPS_PER_EIGENVALUE`` implicit QR sweeps
-    (Wilkinson shifts, deflation of off-diagonals below ``_EPS`` times their diagonal neighbours).
+    Each sweep chases a bulge down ``0 .. top`` (``top`` the largest unreduced bottom over the lanes) with
+    each lane's own Wilkinson shift; where an off-diagonal of a lane is negligible at the start of a sweep
+    it is set to zero and that lane's rotation there is the identity, the chase restarting below it.
+    Every rotation ``G`` (coordinates ``k, k + 1``) updates ``u <- G^T u``, ``v <- G^T v`` and is recorded
+    in ``cos, sin`` (per lane) and ``where`` (shared). Returns the number of rotations, or ``-1`` if the
+    sweeps exceed ``_SWEEPS_PER_EIGENVALUE * n``.
     """
-    hi = np.empty(lanes, dtype=np.int64)
-    lo = np.empty(lanes, dtype=np.int64)
-    step = np.empty(lanes, dtype=np.int64)
-    sweeps = np.zeros(lanes, dtype=np.int64)
+    lanes = diag.shape[1]
+    hi = np.full(lanes, n - 1, dtype=np.int64)
+    split = np.empty((n, lanes), dtype=np.bool_)
+    shift = np.empty(lanes)
     x = np.empty(lanes)
     z = np.empty(lanes)
-    running = 0
-    for l in range(lanes):
-        hi[l] = sizes[l] - 1
-        off[l, max(hi[l], 0)] = 0.0
-        step[l] = hi[l]  # a new sweep is due
-        counts[l] = 0
-        running += hi[l] > 0
-    while running > 0:
+    first = np.empty(lanes, dtype=np.bool_)
+    count = 0
+    for _ in range(_SWEEPS_PER_EIGENVALUE * max(n, 1)):
+        top = 0
+        for l in range(lanes):  # deflate at the bottom of each lane
+            h = hi[l]
+            while h > 0 and abs(off[h - 1, l]) <= _EPS * (abs(diag[h - 1, l]) + abs(diag[h, l])):
+                off[h - 1, l] = 0.0
+                h -= 1
+            hi[l] = h
+            top = max(top, h)
+        if top == 0:
+            return count
         for l in range(lanes):
-            if hi[l] <= 0 or counts[l] < 0:
-                continue
-            if step[l] >= hi[l]:  # deflate, then start the next sweep
-                h = hi[l]
-                while h > 0 and abs(off[l, h - 1]) <= _EPS * (abs(diag[l, h - 1]) + abs(diag[l, h])):
-                    off[l, h - 1] = 0.0
-                    h -= 1
-                    sweeps[l] = 0
-                hi[l] = h
-                if h == 0:
-                    running -= 1
-                    continue
-                sweeps[l] += 1
-                if sweeps[l] > _SWEEPS_PER_EIGENVALUE:
-                    counts[l] = -1
-                    running -= 1
-                    continue
-                b = h - 1
-                while b > 0 and abs(off[l, b - 1]) > _EPS * (abs(diag[l, b - 1]) + abs(diag[l, b])):
-                    b -= 1
-                if b > 0:
-                    off[l, b - 1] = 0.0
-                e = off[l, h - 1]
-                delta = 0.5 * (diag[l, h - 1] - diag[l, h])
-                shift = diag[l, h] - e * e / (delta + math.copysign(math.sqrt(delta * delta + e * e), delta))
-                lo[l] = b
-                step[l] = b
-                x[l] = diag[l, b] - shift
-                z[l] = off[l, b]
-            k = step[l]
-            xk, zk = x[l], z[l]
-            r = math.sqrt(xk * xk + zk * zk)
-            inverse = 1.0 / r if r > 0.0 else 0.0  # selects, no branches: lanes stay overlapped
-            c = xk * inverse if r > 0.0 else 1.0
-            s = zk * inverse
-            off[l, k - 1] = r if k > lo[l] else off[l, k - 1]  # off[l, -1] is unused padding
-            a, f, g = diag[l, k], off[l, k], diag[l, k + 1]
-            cs = c * s
-            cf = 2.0 * cs * f
-            diag[l, k] = c * c * a + cf + s * s * g
-            diag[l, k + 1] = s * s * a - cf + c * c * g
-            off[l, k] = cs * (g - a) + (c * c - s * s) * f
-            nxt = off[l, k + 1]  # 0 at the end of the block (deflated, or the padding off[l, n - 1])
-            z[l] = s * nxt
-            off[l, k + 1] = c * nxt
-            x[l] = off[l, k]
-            uk, uk1 = u[l, k], u[l, k + 1]
-            u[l, k] = c * uk + s * uk1
-            u[l, k + 1] = c * uk1 - s * uk
-            vk, vk1 = v[l, k], v[l, k + 1]
-            v[l, k] = c * vk + s * vk1
-            v[l, k + 1] = c * vk1 - s * vk
-            j = counts[l]
-            cos[l, j] = c
-            sin[l, j] = s
-            where[l, j] = k
-            counts[l] = j + 1
-            step[l] = k + 1
+            h = max(hi[l], 1)
+            e = off[h - 1, l]
+            delta = 0.5 * (diag[h - 1, l] - diag[h, l])
+            root = math.copysign(math.sqrt(delta * delta + e * e), delta)
+            shift[l] = diag[h, l] - (e * e / (delta + root) if delta + root != 0.0 else 0.0)
+            x[l] = diag[0, l] - shift[l]
+            z[l] = off[0, l]
+            first[l] = True
+        for k in range(top):
+            for l in range(lanes):
+                negligible = abs(off[k, l]) <= _EPS * (abs(diag[k, l]) + abs(diag[k + 1, l]))
+                split[k, l] = negligible
+                off[k, l] = 0.0 if negligible else off[k, l]
+        for k in range(top):
+            for l in range(lanes):
+                skip = split[k, l]
+                xk, zk = x[l], z[l]
+                r = math.sqrt(xk * xk + zk * zk)
+                inverse = 1.0 / r if r > 0.0 else 0.0
+                c = 1.0 if skip or r == 0.0 else xk * inverse
+                s = 0.0 if skip else zk * inverse
+                if k > 0:
+                    off[k - 1, l] = off[k - 1, l] if first[l] or skip else r
+                a, f, g = diag[k, l], off[k, l], diag[k + 1, l]
+                cs = c * s
+                cf = 2.0 * cs * f
+                diag[k, l] = c * c * a + cf + s * s * g
+                diag[k + 1, l] = s * s * a - cf + c * c * g
+                off[k, l] = cs * (g - a) + (c * c - s * s) * f
+                nxt = off[k + 1, l]
+                off[k + 1, l] = c * nxt
+                x[l] = diag[k + 1, l] - shift[l] if skip else off[k, l]
+                z[l] = nxt if skip else s * nxt
+                first[l] = skip
+                uk, uk1 = u[k, l], u[k + 1, l]
+                u[k, l] = c * uk + s * uk1
+                u[k + 1, l] = c * uk1 - s * uk
+                vk, vk1 = v[k, l], v[k + 1, l]
+                v[k, l] = c * vk + s * vk1
+                v[k + 1, l] = c * vk1 - s * vk
+                cos[count, l] = c
+                sin[count, l] = s
+            where[count] = k
+            count += 1
+    return -1
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _rotate_back(count, cos, sin, where, vec):
-    """``vec <- Z vec``: the recorded rotations applied in reverse order."""
+    """``vec <- Z vec`` for every lane: the recorded rotations applied in reverse order."""
+    lanes = vec.shape[1]
     for j in range(count - 1, -1, -1):
-        k, c, s = where[j], cos[j], sin[j]
-        a, b = vec[k], vec[k + 1]
-        vec[k] = c * a - s * b
-        vec[k + 1] = s * a + c * b
+        k = where[j]
+        for l in range(lanes):
+            c, s = cos[j, l], sin[j, l]
+            a, b = vec[k, l], vec[k + 1, l]
+            vec[k, l] = c * a - s * b
+            vec[k + 1, l] = s * a + c * b
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, weight, out, wbar_out):
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, weight, out, wbar_out, lanes):
     """The LETKF analysis of every element in ``elements``, written into ``out``.
 
     Parameters
@@ -222,158 +230,147 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
         Analysis members, shape ``(N, d)``: column ``elements[j]`` is overwritten, the others untouched.
     wbar_out:
         Mean weights ``wbar`` of each local analysis, shape ``(n, N)`` float64, or shape ``(0, N)`` to skip.
+    lanes:
+        Local problems solved side by side (:data:`LANES`). A run-time argument on purpose: with a
+        compile-time count LLVM unrolls the lane loops and, unable to rule out aliasing, leaves them scalar.
 
     Returns
     -------
     The number of local problems whose eigenvalues did not converge (their columns are left as they are).
     """
     n_members = anomalies.shape[0]
+    n_elements = elements.shape[0]
     width = max(index.shape[1], 1)
     size = max(n_members, 2)
     capacity = _SWEEPS_PER_EIGENVALUE * size * size
-    rows = np.empty((_LANES, max(width, n_members), max(width, n_members)))  # B (or B^T) of each lane
-    roots = np.empty((_LANES, width))  # r of each lane
-    mat = np.empty((_LANES, size, size))
-    beta = np.empty((_LANES, size))
-    diag = np.empty((_LANES, size))
-    off = np.empty((_LANES, size))
-    u = np.empty((_LANES, size))
-    v = np.empty((_LANES, size))
-    x = np.empty((_LANES, n_members))
-    cos = np.empty((_LANES, capacity))
-    sin = np.empty((_LANES, capacity))
-    where = np.empty((_LANES, capacity), dtype=np.int64)
-    sizes = np.empty(_LANES, dtype=np.int64)
-    counts = np.empty(_LANES, dtype=np.int64)
-    members = np.empty(_LANES, dtype=np.bool_)
-    work = np.empty(size)
-    spread = np.empty(n_members)
-    failed = 0
-    for start in range(0, elements.shape[0], _LANES):
-        lanes = min(_LANES, elements.shape[0] - start)
-        for l in range(lanes):
-            sizes[l], members[l] = _local_problem(anomalies, scaled, innovation, elements[start + l],
-                                                  index[start + l], weight[start + l], rows[l], roots[l],
-                                                  mat[l], x[l], u[l], v[l])
-            _tridiagonalize(mat[l], sizes[l], beta[l], diag[l], off[l], work)
-            _reflect(mat[l], sizes[l], beta[l], u[l], False)
-            _reflect(mat[l], sizes[l], beta[l], v[l], False)
-        _tridiagonal_eigen(lanes, sizes, diag, off, u, v, cos, sin, where, counts)
-        for l in range(lanes):
-            if counts[l] < 0:
-                failed += 1
-                continue
-            j = start + l
-            wbar = wbar_out[j] if wbar_out.shape[0] > 0 else wbar_out[0:0].ravel()
-            shift = _finish(n_members, sizes[l], members[l], rows[l], mat[l], beta[l], diag[l], u[l], v[l],
-                            cos[l], sin[l], where[l], counts[l], x[l], spread, wbar)
-            element = elements[j]
-            centre = mean[element] + shift
-            for k in range(n_members):
-                out[k, element] = centre + spread[k]
-    return failed
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _local_problem(anomalies, scaled, innovation, element, index, weight, rows, roots, mat, x, u, v):
-    """Gather the local problem of one element: ``B``, ``r``, ``x`` and the matrix of the smaller space.
-
-    Fills ``mat`` with ``A = c I + B^T B`` (``u = x``, ``v = B^T r``, ``B^T`` in ``rows[:N, :m]``) when there
-    are ``m >= N`` local observations, else with ``K = B B^T`` (``u = B x``, ``v = r``, ``B`` in
-    ``rows[:m, :N]``). Returns its size and whether it is ``A``.
-    """
-    n_members = anomalies.shape[0]
-    c = n_members - 1.0
-    for k in range(n_members):
-        x[k] = anomalies[k, element]
-    m = 0
-    for a in range(index.shape[0]):
-        m += weight[a] > 0.0
-    member_space = m >= n_members
-    m = 0
-    for a in range(index.shape[0]):
-        w = weight[a]
-        if w > 0.0:
-            root = math.sqrt(w)
-            obs = index[a]
-            if member_space:  # B^T in rows[:N, :m]
-                for k in range(n_members):
-                    rows[k, m] = root * scaled[obs, k]
-            else:
-                for k in range(n_members):
-                    rows[m, k] = root * scaled[obs, k]
-            roots[m] = root * innovation[obs]
-            m += 1
-    if member_space:
-        for k in range(n_members):
-            u[k] = x[k]
-            acc = 0.0
-            for a in range(m):
-                acc += rows[k, a] * roots[a]
-            v[k] = acc
-            for l in range(k, n_members):
-                acc = 0.0
-                for a in range(m):
-                    acc += rows[k, a] * rows[l, a]
-                mat[k, l] = acc
-                mat[l, k] = acc
-            mat[k, k] += c
-        return n_members, True
-    for a in range(m):
-        acc = 0.0
-        for k in range(n_members):
-            acc += rows[a, k] * x[k]
-        u[a] = acc
-        v[a] = roots[a]
-        for b in range(a, m):
-            acc = 0.0
-            for k in range(n_members):
-                acc += rows[b, k] * rows[a, k]
-            mat[a, b] = acc
-            mat[b, a] = acc
-    return m, False
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _finish(n_members, n, member_space, rows, mat, beta, lam, u, v, cos, sin, where, count, x, spread, wbar):
-    """From the eigen-coordinates ``u, v`` of one local problem: ``spread = sqrt(c) A^{-1/2} x``, ``wbar``.
-
-    Returns ``x . wbar``; ``wbar`` (length ``N``, or empty to skip it) is overwritten.
-    """
+    rows = np.empty((width, n_members, lanes))  # B (m x N) of every lane, observation space
+    columns = np.empty((lanes, n_members, width))  # B^T of each lane, member space
+    roots = np.empty((lanes, width))  # r
+    mat = np.empty((size, size, lanes))
+    beta = np.empty((size, lanes))
+    diag = np.empty((size, lanes))
+    off = np.empty((size, lanes))
+    u = np.empty((size, lanes))
+    v = np.empty((size, lanes))
+    x = np.empty((n_members, lanes))
+    work = np.empty((size, lanes))
+    cos = np.empty((capacity, lanes))
+    sin = np.empty((capacity, lanes))
+    where = np.empty(capacity, dtype=np.int64)
+    shift = np.empty(lanes)
+    keep_wbar = wbar_out.shape[0] > 0
     c = n_members - 1.0
     root_c = math.sqrt(c)
-    keep_wbar = wbar.shape[0] > 0
-    shift = 0.0
-    for k in range(n):
-        if member_space:
-            shift += u[k] * v[k] / lam[k]
-            v[k] = v[k] / lam[k]
-            u[k] *= root_c / math.sqrt(lam[k])
-        else:
-            total2 = c + max(lam[k], 0.0)
-            shift += u[k] * v[k] / total2
-            v[k] = v[k] / total2
-            total = math.sqrt(total2)
-            u[k] *= -1.0 / (total * (total + root_c))
-    _rotate_back(count, cos, sin, where, u)
-    _reflect(mat, n, beta, u, True)
-    if keep_wbar:
-        _rotate_back(count, cos, sin, where, v)
-        _reflect(mat, n, beta, v, True)
-    if member_space:
-        for k in range(n_members):
-            spread[k] = u[k]
-            if keep_wbar:
-                wbar[k] = v[k]
-        return shift
-    for k in range(n_members):  # sqrt(c) A^{-1/2} x = x + B^T U g U^T B x, wbar = B^T (c I + K)^{-1} r
-        spread[k] = x[k]
+    failed = 0
+    for start in range(0, n_elements, lanes):
+        # gather: lane l solves element start + l (the last one again where the block runs past the end)
+        m = 0
+        for l in range(lanes):
+            j = min(start + l, n_elements - 1)
+            count = 0
+            for a in range(index.shape[1]):
+                count += weight[j, a] > 0.0
+            m = max(m, count)
+        member_space = m >= n_members
+        n = n_members if member_space else m
+        for l in range(lanes):
+            j = min(start + l, n_elements - 1)
+            for k in range(n_members):
+                x[k, l] = anomalies[k, elements[j]]
+            count = 0
+            for a in range(index.shape[1]):
+                w = weight[j, a]
+                if w > 0.0:
+                    root = math.sqrt(w)
+                    obs = index[j, a]
+                    if member_space:  # B^T of the lane, for contiguous dot products over observations
+                        for k in range(n_members):
+                            columns[l, k, count] = root * scaled[obs, k]
+                    else:
+                        for k in range(n_members):
+                            rows[count, k, l] = root * scaled[obs, k]
+                    roots[l, count] = root * innovation[obs]
+                    count += 1
+            for a in range(count, m):  # zero-taper padding up to the block's size
+                for k in range(n_members):
+                    if member_space:
+                        columns[l, k, a] = 0.0
+                    else:
+                        rows[a, k, l] = 0.0
+                roots[l, a] = 0.0
+        if member_space:  # A = c I + B^T B, u = x, v = B^T r, one lane at a time
+            for l in range(lanes):
+                for k in range(n):
+                    u[k, l] = x[k, l]
+                    acc = 0.0
+                    for a in range(m):
+                        acc += columns[l, k, a] * roots[l, a]
+                    v[k, l] = acc
+                    for i in range(k, n):
+                        acc = 0.0
+                        for a in range(m):
+                            acc += columns[l, k, a] * columns[l, i, a]
+                        mat[k, i, l] = acc
+                    mat[k, k, l] += c
+        else:  # K = B B^T, u = B x, v = r, the lanes side by side
+            for a in range(n):
+                for l in range(lanes):
+                    u[a, l] = 0.0
+                    v[a, l] = roots[l, a]
+                for k in range(n_members):
+                    for l in range(lanes):
+                        u[a, l] += rows[a, k, l] * x[k, l]
+                for b in range(a, n):
+                    for l in range(lanes):
+                        mat[a, b, l] = 0.0
+                    for k in range(n_members):
+                        for l in range(lanes):
+                            mat[a, b, l] += rows[a, k, l] * rows[b, k, l]
+        _tridiagonalize(mat, n, beta, diag, off, work)
+        _reflect(mat, n, beta, u, False)
+        _reflect(mat, n, beta, v, False)
+        count = _tridiagonal_eigen(n, diag, off, u, v, cos, sin, where)
+        if count < 0:
+            failed += min(lanes, n_elements - start)
+            continue
+        for l in range(lanes):
+            shift[l] = 0.0  # x . wbar
+        for k in range(n):
+            for l in range(lanes):
+                lam = diag[k, l]
+                if member_space:
+                    shift[l] += u[k, l] * v[k, l] / lam
+                    v[k, l] = v[k, l] / lam
+                    u[k, l] *= root_c / math.sqrt(lam)
+                else:
+                    total2 = c + max(lam, 0.0)
+                    shift[l] += u[k, l] * v[k, l] / total2
+                    v[k, l] = v[k, l] / total2
+                    total = math.sqrt(total2)
+                    u[k, l] *= -1.0 / (total * (total + root_c))
+        _rotate_back(count, cos, sin, where, u)
+        _reflect(mat, n, beta, u, True)
         if keep_wbar:
-            wbar[k] = 0.0
-    for a in range(n):
-        ua, va = u[a], v[a]
-        for k in range(n_members):
-            spread[k] += rows[a, k] * ua
-            if keep_wbar:
-                wbar[k] += rows[a, k] * va
-    return shift
+            _rotate_back(count, cos, sin, where, v)
+            _reflect(mat, n, beta, v, True)
+        if not member_space:  # sqrt(c) A^{-1/2} x = x + B^T U g U^T B x, wbar = B^T (c I + K)^{-1} r
+            for k in range(n_members):
+                for l in range(lanes):
+                    work[k, l] = 0.0
+            for a in range(n):
+                for k in range(n_members):
+                    for l in range(lanes):
+                        x[k, l] += rows[a, k, l] * u[a, l]
+                        work[k, l] += rows[a, k, l] * v[a, l]
+            for k in range(n_members):
+                for l in range(lanes):
+                    u[k, l] = x[k, l]
+                    v[k, l] = work[k, l]
+        for l in range(min(lanes, n_elements - start)):
+            element = elements[start + l]
+            centre = mean[element] + shift[l]
+            for k in range(n_members):  # u: sqrt(c) A^{-1/2} x, v: wbar
+                out[k, element] = centre + u[k, l]
+                if keep_wbar:
+                    wbar_out[start + l, k] = v[k, l]
+    return failed

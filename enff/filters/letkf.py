@@ -193,14 +193,14 @@ def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
 
     Returns the mean weights ``wbar``, ``(chunk, N)`` float64 (``(0, N)`` unless ``keep_wbar``).
     """
-    from ._letkf_numba import letkf_local_analyses
+    from ._letkf_numba import LANES, letkf_local_analyses
 
     n_members = analysis.shape[0]
     wbar = np.empty((elements.shape[0] if keep_wbar else 0, n_members))
     failed = letkf_local_analyses(
         anomalies.detach().contiguous().numpy(), mean.detach().contiguous().numpy(),
         observed.anomalies.detach().T.contiguous().numpy(), observed.innovation.detach().contiguous().numpy(),
-        elements, index, weight, analysis.detach().numpy(), wbar)
+        elements, index, weight, analysis.detach().numpy(), wbar, LANES)
     if failed:
         raise torch.linalg.LinAlgError(f"{failed} local LETKF eigenproblems did not converge")
     return torch.from_numpy(wbar)
