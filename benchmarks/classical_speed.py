@@ -12,6 +12,11 @@ Usage::
 
 ``--suite localized`` times the LETKF beside ``lenff-ot`` (gradient and kalman guidance), ``lenff-f2p``,
 ``lensf`` and ``lpf`` at the same radius, ``S = LOCALIZED_STEPS`` velocity evaluations each.
+
+``--suite letkf`` times one LETKF analysis (``observe`` and ``letkf_update``) with each local-analysis
+backend side by side, the batched torch eigen-decompositions and the numba kernel, on the ring of
+``--max-d`` points (radius 4) and on the 256 x 256 grid (radius ``NS256_RADIUS``), and writes ``letkf_speed.json``
+and ``letkf_speed.md`` (with the load average before and after) unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -59,6 +64,21 @@ def localized_cases(max_d: int) -> list[dict[str, Any]]:
             for d in RING_SIZES if d <= max_d for name, hyper in filters]
 
 
+#: The tuned LETKF radius of the ns256_atan case (cases/ns256_atan.toml), 3.2 cells of the 256 x 256 grid.
+NS256_RADIUS = 0.025
+#: Local-analysis backends of ``--suite letkf``, the former (batched torch) one first.
+LETKF_BACKENDS = ("torch", "numba")
+
+
+def letkf_cases(max_d: int, device: str = "cpu") -> list[dict[str, Any]]:
+    """The LETKF with each backend (only torch off the CPU) on the largest ring and on the 256 x 256 grid."""
+    backends = LETKF_BACKENDS if device == "cpu" else ("torch",)
+    geometries = [{"grid": "ring", "d": max_d, "hyper": {"radius": RING_RADIUS}},
+                  {"grid": "256x256", "d": 256 * 256, "hyper": {"radius": NS256_RADIUS}}]
+    return [{"filter": "letkf", "backend": backend, **geometry, **({"min_repeats": 1} if backend == "torch" else {})}
+            for geometry in geometries for backend in backends]
+
+
 def cases(max_d: int) -> list[dict[str, Any]]:
     """Every (filter, geometry) pair of the classical benchmark."""
     out = []
@@ -96,25 +116,40 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
     forecast = truth + torch.randn((MEMBERS, *grid.shape), generator=gen, dtype=dtype, device=device)
     y = truth.reshape(-1) + torch.randn(d, generator=gen, dtype=dtype, device=device)
     filt = get_filter(case["filter"], **case["hyper"])
+    result: list[torch.Tensor] = []
+
+    def analyse() -> None:
+        if "backend" not in case:
+            filt.analysis(forecast, y, obs, generator=gen)
+            return
+        from enff.filters.ensemble_space import observe
+        from enff.filters.letkf import letkf_update
+
+        observed = observe(forecast, y, obs)
+        result[:] = [letkf_update(forecast.reshape(MEMBERS, -1), observed, obs, case["hyper"]["radius"],
+                                  backend=case["backend"])[0]]
 
     def once() -> float:
         if device != "cpu":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        filt.analysis(forecast, y, obs, generator=gen)
+        analyse()
         if device != "cpu":
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
     first = once()
+    min_repeats = case.get("min_repeats", min_repeats)  # the slow torch LETKF rows: fewer calls
     times = []
     while len(times) < min_repeats or (sum(times) < min_seconds and len(times) < 50):
         times.append(once())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if device != "cpu":
         peak_device = torch.cuda.max_memory_allocated() / 2**20
+    checksum = {"analysis_sum": float(result[0].double().sum())} if result else {}
     return {
         **case,
+        **checksum,
         "first_call_s": first,
         "median_s": statistics.median(times),
         "repeats": len(times),
@@ -129,21 +164,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--max-d", type=int, default=max(RING_SIZES))
-    parser.add_argument("--suite", choices=("classical", "localized"), default="classical")
+    parser.add_argument("--suite", choices=("classical", "localized", "letkf"), default="classical")
     parser.add_argument("--min-repeats", type=int, default=3, help="timed calls after the first one (at least)")
     parser.add_argument("--min-d", type=int, default=0, help="leave out smaller states")
     parser.add_argument("--only", nargs="+", metavar="FILTER", help="time only these filters")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON of a single case
-    parser.add_argument("--out", type=Path, default=RESULTS / "classical_speed.json")
+    parser.add_argument("--out", type=Path, help="default results/classical_speed.json (letkf_speed.json for --suite letkf)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     if args.one:
         print(json.dumps(measure(json.loads(args.one), args.device, dtype, min_repeats=args.min_repeats)))
         return
+    if args.out is None:
+        args.out = RESULTS / ("letkf_speed.json" if args.suite == "letkf" else "classical_speed.json")
+    load_before = os.getloadavg()
     baseline = [sys.executable, "-c", "import resource, enff.filters; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"]
     rows = []
-    selected = [case for case in (cases if args.suite == "classical" else localized_cases)(args.max_d)
+    suites = {"classical": cases, "localized": localized_cases,
+              "letkf": lambda max_d: letkf_cases(max_d, args.device)}
+    selected = [case for case in suites[args.suite](args.max_d)
                 if case["d"] >= args.min_d and (not args.only or case["filter"] in args.only)]
     for case in selected:
         command = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,
@@ -164,10 +204,59 @@ def main() -> None:
         "members": MEMBERS,
         "torch": torch.__version__,
         "import_peak_rss_mib": float(subprocess.run(baseline, capture_output=True, text=True).stdout),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "cpu_model": _cpu_model(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"setup": setup, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
+    if args.suite == "letkf":
+        markdown = args.out.with_suffix(".md")
+        markdown.write_text(letkf_summary(setup, rows))
+        print(f"wrote {markdown}")
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (``None`` where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def letkf_summary(setup: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Markdown table of ``--suite letkf``: seconds per analysis of each backend and their ratio."""
+    lines = [
+        "# LETKF: seconds per analysis, batched torch eigh against the numba kernel",
+        "",
+        f"Measured {setup['created']} on {setup['cpu_model'] or setup['machine']} ({setup['cpu_count']} cores, "
+        f"shared with other jobs), device {setup['device']}, {setup['torch_threads']} torch thread(s), "
+        f"{setup['dtype']}, N = {setup['members']}, every state element observed (unit error std), "
+        f"torch {setup['torch']}. Load average (1, 5, 15 min) before "
+        f"{', '.join(f'{v:.1f}' for v in setup['load_average_before'])}, after "
+        f"{', '.join(f'{v:.1f}' for v in setup['load_average_after'])}: on a loaded machine every time is "
+        "inflated, the ratio much less. One analysis = `observe` + `letkf_update`; the first call also builds "
+        "the neighbour lists; `median` over the repeated calls. `analysis sum`: the sum of every analysis "
+        "value, the same for both backends to round-off.",
+        "",
+        "| geometry | d | radius | backend | first call (s) | median (s) | repeats | torch / numba | analysis sum |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['grid']} | {row['d']:,} | {row['hyper']['radius']:g} | {row['backend']} | "
+                         f"error: {row['error']} | | | | |")
+            continue
+        torch_row = next((r for r in rows if r["grid"] == row["grid"] and r["backend"] == "torch"
+                          and "error" not in r), None)
+        ratio = f"{torch_row['median_s'] / row['median_s']:.1f}" if torch_row and row["backend"] != "torch" else ""
+        lines.append(f"| {row['grid']} | {row['d']:,} | {row['hyper']['radius']:g} | {row['backend']} | "
+                     f"{row['first_call_s']:.2f} | {row['median_s']:.2f} | {row['repeats']} | {ratio} | "
+                     f"{row['analysis_sum']:.10g} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ the same push-through identities as :func:`~enff.filters.ensemble_space.square_r
 1. Householder reduction to a tridiagonal matrix, ``M = H T H^T`` (the reflectors are kept, ``H`` is
    never formed);
 2. implicit symmetric QR sweeps with Wilkinson shifts on ``T = Z diag(lambda) Z^T``, each Givens rotation
-   applied to the two vectors at hand and recorded (``Z`` is never formed either);
-3. the scaling by functions of ``lambda`` in that eigenbasis, then the recorded rotations and the
-   reflectors applied backwards to the vectors that have to go back.
+   applied to the vector ``x`` (or ``B x``) and recorded (``Z`` is never formed either);
+3. the scaling by a function of ``lambda`` in that eigenbasis, then the recorded rotations and the
+   reflectors applied backwards; the mean weights come from a tridiagonal solve with ``T``.
 
 That is the eigen-decomposition the torch path (``torch.linalg.eigh``) computes, to round-off, at a
 fraction of its flops and without the per-matrix overhead of a batched LAPACK call. ``LANES`` local
@@ -117,14 +117,14 @@ def _reflect(m, n, beta, vec, backwards):
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _tridiagonal_eigen(n, diag, off, u, v, cos, sin, where):
+def _tridiagonal_eigen(n, diag, off, u, cos, sin, where):
     """Eigenvalues of every lane's tridiagonal ``(diag, off)`` into ``diag`` by implicit QR, in lockstep.
 
     Each sweep chases a bulge down ``0 .. top`` (``top`` the largest unreduced bottom over the lanes) with
     each lane's own Wilkinson shift; where an off-diagonal of a lane is negligible at the start of a sweep
     it is set to zero and that lane's rotation there is the identity, the chase restarting below it.
-    Every rotation ``G`` (coordinates ``k, k + 1``) updates ``u <- G^T u``, ``v <- G^T v`` and is recorded
-    in ``cos, sin`` (per lane) and ``where`` (shared). Returns the number of rotations, or ``-1`` if the
+    Every rotation ``G`` (coordinates ``k, k + 1``) updates ``u <- G^T u`` and is recorded in ``cos, sin``
+    (per lane) and ``where`` (shared); ``u`` is the only vector in the loop, which keeps it vectorized. Returns the number of rotations, or ``-1`` if the
     sweeps exceed ``_SWEEPS_PER_EIGENVALUE * n``.
     """
     lanes = diag.shape[1]
@@ -184,14 +184,33 @@ def _tridiagonal_eigen(n, diag, off, u, v, cos, sin, where):
                 uk, uk1 = u[k, l], u[k + 1, l]
                 u[k, l] = c * uk + s * uk1
                 u[k + 1, l] = c * uk1 - s * uk
-                vk, vk1 = v[k, l], v[k + 1, l]
-                v[k, l] = c * vk + s * vk1
-                v[k + 1, l] = c * vk1 - s * vk
                 cos[count, l] = c
                 sin[count, l] = s
             where[count] = k
             count += 1
     return -1
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _tridiagonal_solve(n, diag, off, add, rhs, pivot):
+    """``rhs <- (T + add I)^{-1} rhs`` for every lane's positive definite tridiagonal ``(diag, off)``.
+
+    Gaussian elimination without pivoting (stable for positive definite matrices); ``pivot`` is scratch.
+    """
+    lanes = diag.shape[1]
+    for k in range(n):
+        for l in range(lanes):
+            if k == 0:
+                pivot[0, l] = diag[0, l] + add
+            else:
+                ratio = off[k - 1, l] / pivot[k - 1, l]
+                pivot[k, l] = diag[k, l] + add - ratio * off[k - 1, l]
+                rhs[k, l] -= ratio * rhs[k - 1, l]
+    for step in range(n):
+        k = n - 1 - step
+        for l in range(lanes):
+            above = off[k, l] * rhs[k + 1, l] if k + 1 < n else 0.0
+            rhs[k, l] = (rhs[k, l] - above) / pivot[k, l]
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -252,6 +271,9 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
     off = np.empty((size, lanes))
     u = np.empty((size, lanes))
     v = np.empty((size, lanes))
+    u0 = np.empty((size, lanes))
+    diag0 = np.empty((size, lanes))
+    off0 = np.empty((size, lanes))
     x = np.empty((n_members, lanes))
     work = np.empty((size, lanes))
     cos = np.empty((capacity, lanes))
@@ -329,29 +351,31 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
         _tridiagonalize(mat, n, beta, diag, off, work)
         _reflect(mat, n, beta, u, False)
         _reflect(mat, n, beta, v, False)
-        count = _tridiagonal_eigen(n, diag, off, u, v, cos, sin, where)
+        for k in range(n):  # T and H^T u before the QR sweeps, for the solve below
+            for l in range(lanes):
+                diag0[k, l] = diag[k, l]
+                off0[k, l] = off[k, l]
+                u0[k, l] = u[k, l]
+        count = _tridiagonal_eigen(n, diag, off, u, cos, sin, where)
         if count < 0:
             failed += min(lanes, n_elements - start)
             continue
+        # x . wbar = (H^T u)^T (T + a I)^{-1} H^T v (a = c in observation space, 0 when T is that of A)
+        _tridiagonal_solve(n, diag0, off0, 0.0 if member_space else c, v, work)
         for l in range(lanes):
-            shift[l] = 0.0  # x . wbar
+            shift[l] = 0.0
         for k in range(n):
             for l in range(lanes):
+                shift[l] += u0[k, l] * v[k, l]
                 lam = diag[k, l]
                 if member_space:
-                    shift[l] += u[k, l] * v[k, l] / lam
-                    v[k, l] = v[k, l] / lam
                     u[k, l] *= root_c / math.sqrt(lam)
                 else:
-                    total2 = c + max(lam, 0.0)
-                    shift[l] += u[k, l] * v[k, l] / total2
-                    v[k, l] = v[k, l] / total2
-                    total = math.sqrt(total2)
+                    total = math.sqrt(c + max(lam, 0.0))
                     u[k, l] *= -1.0 / (total * (total + root_c))
         _rotate_back(count, cos, sin, where, u)
         _reflect(mat, n, beta, u, True)
         if keep_wbar:
-            _rotate_back(count, cos, sin, where, v)
             _reflect(mat, n, beta, v, True)
         if not member_space:  # sqrt(c) A^{-1/2} x = x + B^T U g U^T B x, wbar = B^T (c I + K)^{-1} r
             for k in range(n_members):
