@@ -1,10 +1,10 @@
-"""Fused numba kernel of the LETKF's local analyses on the CPU, eight local problems in SIMD lockstep.
+"""Fused numba kernel of the LETKF's local analyses on the CPU, eight local problems side by side.
 
 Every local problem is an ETKF analysis of one state element (Hunt et al., 2007) in the notation of
 :mod:`~enff.filters.ensemble_space`: ``m`` local observations with tapers ``w``, ``B = diag(sqrt(w)) S``
 (``m x N``), ``r = diag(sqrt(w)) dy`` and ``c = N - 1``. The analysis of element ``i`` with forecast
 anomalies ``x = X'[:, i]`` is ``mean_i + (x . wbar) 1 + sqrt(c) A^{-1/2} x`` with ``A = c I + B^T B`` and
-``wbar = A^{-1} B^T r``. Only matrix functions applied to a few vectors are needed, never ``A^{-1/2}``
+``wbar = A^{-1} B^T r``. Only matrix functions applied to a vector are needed, never ``A^{-1/2}``
 itself, so the symmetric eigenproblem of the smaller of ``A`` (``N x N``) and ``K = B B^T`` (``m x m``;
 the same push-through identities as :func:`~enff.filters.ensemble_space.square_root_update`) is solved as
 
@@ -17,14 +17,21 @@ the same push-through identities as :func:`~enff.filters.ensemble_space.square_r
 
 That is the eigen-decomposition the torch path (``torch.linalg.eigh``) computes, to round-off, at a
 fraction of its flops and without the per-matrix overhead of a batched LAPACK call. ``LANES`` local
-problems (consecutive elements) run in lockstep, every array with the lane as its last, contiguous axis,
-so that each arithmetic operation is one SIMD instruction for all of them: they share one problem size
-(shorter ones are padded with zero-taper observations, which change nothing) and one QR schedule. A
-lane's interior off-diagonal that becomes negligible splits its matrix; the sweep then restarts below
-the split in that lane (the rotation at the split is the identity), so the lanes need no common
-deflation. Everything is computed in float64 whatever the dtype of the arrays (see the Notes of
+problems (consecutive elements) run in lockstep, every array with the lane as its last, contiguous axis:
+LLVM vectorizes most loops over the lanes, and where it does not the lanes are independent chains of
+square roots and divisions that the processor overlaps. They share one problem size (shorter ones are
+padded with zero-taper observations, which change nothing) and one QR schedule: a lane's off-diagonal
+that becomes negligible splits its matrix, and the sweep restarts below the split in that lane (the
+rotation at the split is the identity), so the lanes need no common deflation. Everything is computed
+in float64 whatever the dtype of the arrays (see the Notes of
 :func:`~enff.filters.ensemble_space.square_root_update`). Compiled lazily per dtype and cached on disk
 (``cache=True``).
+
+Measured on the shared 2-core development machine (one thread, load average 3-8), per local problem
+with N = 20: about 8 us with 15 local observations (observation space, d = 1e6 ring at radius 4: gather
+and ``K`` 1.5 us, Householder 2 us, QR sweeps 3.3 us for about 220 rotations, back-transform 1 us) and
+about 19 us with 129 (member space, 256 x 256 grid at radius 0.025, the Gram matrix the largest part);
+``benchmarks/classical_speed.py --suite letkf`` times it beside the torch path.
 """
 
 from __future__ import annotations
