@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from enff.config import check_value
 from enff.observations.space import ObservationSpace
 
 from .base import register
@@ -133,31 +134,19 @@ def letkf_update(
     anomalies = members - mean
     if math.isinf(radius):
         return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies), 0.0
-    if backend == "auto":
-        backend = "numba" if members.device.type == "cpu" else "torch"
-    if backend not in ("numba", "torch"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
-    if backend == "numba" and members.device.type != "cpu":
-        raise ValueError(f"backend 'numba' needs CPU tensors, got members on {members.device}")
-    if backend == "numba":
-        local = local_observations(obs, radius)
-        active, index, weight = local.active, local.index, local.weight
-    else:
-        active, index, weight = local_observation_tensors(obs, radius, members.device, members.dtype)
+    solver = _solver(backend, members.device)
+    active, index, weight = solver.neighbours(obs, radius, members.device, members.dtype)
     analysis = members.clone()
     n_members = members.shape[0]
-    if backend == "numba" and pointwise is None:
+    if solver.whole and pointwise is None:
         chunk = max(1, active.shape[0])  # one call: the kernel needs no gathered copies
     else:
         chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * n_members))
     shortened = 0
     for start in range(0, active.shape[0], chunk):
         rows = slice(start, start + chunk)
-        if backend == "numba":
-            wbar = _numba_chunk(analysis, anomalies, mean, observed, active[rows], index[rows], weight[rows],
-                                keep_wbar=pointwise is not None)
-        else:
-            wbar = _torch_chunk(analysis, anomalies, mean, observed, active[rows], index[rows], weight[rows])
+        wbar = solver.solve(analysis, anomalies, mean, observed, active[rows], index[rows], weight[rows],
+                            keep_wbar=pointwise is not None)
         if pointwise is not None:
             local_index = torch.as_tensor(index[rows], device=members.device)
             local_weight = torch.as_tensor(weight[rows], device=members.device, dtype=members.dtype)
@@ -174,11 +163,13 @@ def letkf_update(
 
 
 def _torch_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
-                 elements: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+                 elements: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, *, keep_wbar: bool
+                 ) -> torch.Tensor:
     """The local analyses of ``elements`` as one batch of eigen-decompositions, written into ``analysis``.
 
     ``index`` and ``weight`` are the elements' local observations and tapers ``(chunk, max_local)``; returns
-    the mean weights ``wbar``, ``(chunk, N)`` float64.
+    the mean weights ``wbar``, ``(chunk, N)`` float64 (always formed: ``keep_wbar`` is the numba kernel's
+    saving).
     """
     local_anomalies = anomalies[:, elements].T.unsqueeze(-1)  # (chunk, member, 1)
     update, wbar = square_root_update_and_weights(observed.anomalies.T[index], observed.innovation[index],
@@ -204,3 +195,39 @@ def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
     if failed:
         raise torch.linalg.LinAlgError(f"{failed} local LETKF eigenproblems did not converge")
     return torch.from_numpy(wbar)
+
+
+def _numba_neighbours(obs: ObservationSpace, radius: float, device: torch.device, dtype: torch.dtype
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The numba kernel reads the cached NumPy neighbour lists directly (``device`` and ``dtype`` unused)."""
+    local = local_observations(obs, radius)
+    return local.active, local.index, local.weight
+
+
+@dataclass(frozen=True)
+class _LocalSolver:
+    """How one backend finds the local observations and solves a chunk of local analyses.
+
+    ``whole``: without a line search, all elements go to one ``solve`` call (no gathered copies).
+    """
+
+    neighbours: Callable[[ObservationSpace, float, torch.device, torch.dtype], tuple]
+    solve: Callable[..., torch.Tensor]
+    whole: bool
+    cpu_only: bool
+
+
+_SOLVERS: Mapping[str, _LocalSolver] = MappingProxyType({
+    "numba": _LocalSolver(_numba_neighbours, _numba_chunk, whole=True, cpu_only=True),
+    "torch": _LocalSolver(local_observation_tensors, _torch_chunk, whole=False, cpu_only=False),
+})
+
+
+def _solver(backend: LocalBackend, device: torch.device) -> _LocalSolver:
+    """The solver of ``backend`` on ``device`` (``"auto"``: numba for CPU tensors, torch otherwise)."""
+    check_value("backend", backend, LocalBackend)
+    on_cpu = device.type == "cpu"
+    solver = _SOLVERS.get(backend) or _SOLVERS["numba" if on_cpu else "torch"]
+    if solver.cpu_only and not on_cpu:
+        raise ValueError(f"backend {backend!r} needs CPU tensors, got members on {device}")
+    return solver
