@@ -64,3 +64,13 @@ def write_results(name: str, payload: dict[str, Any], summary_md: str) -> tuple[
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     md_path.write_text(summary_md.rstrip() + "\n")
     return json_path, md_path
+
+
+def mean_std(rows: list[dict[str, Any]], key: str) -> str:
+    """``"mean ± std"`` of ``rows[i][key]`` over the rows (population std), or the one value alone."""
+    values = [float(r[key]) for r in rows]
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return f"{mean:.4g} ± {std:.2g}"

@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import mean_std, write_results  # noqa: E402
 
 from enff.amortized import TrainingConfig  # noqa: E402
 from enff.amortized.analysis import analysis_training_set, fit_learned_analysis  # noqa: E402
@@ -56,14 +55,9 @@ def markdown(rows: list[dict], trained: list[dict], args: argparse.Namespace, th
     ]
     for label in dict.fromkeys(r["filter"] for r in rows):
         mine = [r for r in rows if r["filter"] == label]
-
-        def stat(key: str) -> str:
-            values = np.array([r[key] for r in mine])
-            return f"{values.mean():.4g} ± {values.std():.2g}" if len(values) > 1 else f"{values[0]:.4g}"
-
         pairs = next((t["pairs"] for t in trained if t["filter"] == label), "")
-        lines.append(f"| {label} | {pairs} | {stat('rmse_analysis')} | {stat('spread_analysis')} | "
-                     f"{stat('crps_analysis')} | {stat('analysis_seconds')} |")
+        cells = [mean_std(mine, key) for key in ("rmse_analysis", "spread_analysis", "crps_analysis", "analysis_seconds")]
+        lines.append(f"| {label} | {pairs} | {' | '.join(cells)} |")
     lines += ["", "Training: " + "; ".join(f"{t['filter']}: {t['pairs']} pairs, {t['epochs']} epochs, "
                                           f"{t['seconds']:.0f} s" for t in trained)]
     return "\n".join(lines)

@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import mean_std, write_results  # noqa: E402
 
 from enff.amortized import SolverConfig, TrainingConfig  # noqa: E402
 from enff.amortized.field_analysis import FieldFMPE  # noqa: E402
@@ -60,13 +59,8 @@ def markdown(rows: list[dict], trained: dict, args: argparse.Namespace) -> str:
     ]
     for label in dict.fromkeys(r["filter"] for r in rows):
         mine = [r for r in rows if r["filter"] == label]
-
-        def stat(key: str) -> str:
-            values = np.array([r[key] for r in mine])
-            return f"{values.mean():.4g} ± {values.std():.2g}" if len(values) > 1 else f"{values[0]:.4g}"
-
-        lines.append(f"| {label} | {stat('rmse_analysis')} | {stat('spread_analysis')} | {stat('crps_analysis')} | "
-                     f"{stat('analysis_seconds')} |")
+        cells = [mean_std(mine, key) for key in ("rmse_analysis", "spread_analysis", "crps_analysis", "analysis_seconds")]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

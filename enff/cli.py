@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from enff.cli_sweep import COMMANDS as SWEEP_COMMANDS
 from enff.cli_sweep import add_commands as add_sweep_commands
@@ -200,13 +201,17 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         posterior = fit_learned_analysis(theta, context, training, seed=args.seed)
     except (ValueError, KeyError, OSError) as err:
         return _fail(str(err))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    posterior.save(args.out)
-    history = posterior.history
-    print(f"wrote {args.out}: state of {posterior.theta_dim} values, context of {posterior.x_dim}, "
-          f"{theta.shape[0]} pairs, {len(history.validation_loss)} epochs, best validation loss "
-          f"{min(history.validation_loss):.4g}; use it with: enff run CASE --filter learned "
-          f"--set filter.posterior='\"{args.out}\"'")
+    return _save_posterior(args.out, posterior, f"state of {posterior.theta_dim} values, context of "
+                           f"{posterior.x_dim}, {theta.shape[0]} pairs", "CASE")
+
+
+def _save_posterior(out: Path, posterior: Any, what: str, case: str) -> int:
+    """Write a trained posterior to ``out`` and say what it holds, its training and how to use it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    posterior.save(out)
+    losses = posterior.history.validation_loss
+    print(f"wrote {out}: {what}, {len(losses)} epochs, best validation loss {min(losses):.4g}; use it with: "
+          f"enff run {case} --filter learned --set filter.posterior='\"{out}\"'")
     return 0
 
 
@@ -229,14 +234,8 @@ def _learn_field(args: argparse.Namespace) -> int:
         posterior = FieldFMPE(training=training, seed=args.seed).fit(data)
     except (CaseError, ValueError, Divergence) as err:
         return _fail(str(err))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    posterior.save(args.out)
-    history = posterior.history
-    print(f"wrote {args.out}: field analysis for a {posterior.layout.describe()} (any grid size), {data.size} "
-          f"analyses of seeds {args.seeds}, {len(history.validation_loss)} epochs, best validation loss "
-          f"{min(history.validation_loss):.4g}; use it with: enff run {args.case} --filter learned "
-          f"--set filter.posterior='\"{args.out}\"'")
-    return 0
+    return _save_posterior(args.out, posterior, f"field analysis for a {posterior.layout.describe()} (any grid "
+                           f"size), {data.size} analyses of seeds {args.seeds}", args.case)
 
 
 def main(argv: list[str] | None = None) -> int:
