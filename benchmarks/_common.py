@@ -74,3 +74,15 @@ def mean_std(rows: list[dict[str, Any]], key: str) -> str:
     mean = sum(values) / len(values)
     std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
     return f"{mean:.4g} ± {std:.2g}"
+
+
+#: The cycling scores the learned-analysis tables show, in column order.
+SCORE_COLUMNS = ("rmse_analysis", "spread_analysis", "crps_analysis", "analysis_seconds")
+
+
+def score_cells_by_filter(rows: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """``(filter, cells)`` per filter in first-seen order: :func:`mean_std` of each :data:`SCORE_COLUMNS` over
+    that filter's rows (one row per held-out seed)."""
+    labels = dict.fromkeys(r["filter"] for r in rows)
+    return [(label, [mean_std([r for r in rows if r["filter"] == label], key) for key in SCORE_COLUMNS])
+            for label in labels]

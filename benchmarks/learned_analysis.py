@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import mean_std, write_results  # noqa: E402
+from _common import score_cells_by_filter, write_results  # noqa: E402
 
 from enff.amortized import TrainingConfig  # noqa: E402
 from enff.amortized.analysis import analysis_training_set, fit_learned_analysis  # noqa: E402
@@ -53,11 +53,9 @@ def markdown(rows: list[dict], trained: list[dict], args: argparse.Namespace, th
         "| filter | training pairs | RMSE | spread | CRPS | s/analysis |",
         "|---|---|---|---|---|---|",
     ]
-    for label in dict.fromkeys(r["filter"] for r in rows):
-        mine = [r for r in rows if r["filter"] == label]
-        pairs = next((t["pairs"] for t in trained if t["filter"] == label), "")
-        cells = [mean_std(mine, key) for key in ("rmse_analysis", "spread_analysis", "crps_analysis", "analysis_seconds")]
-        lines.append(f"| {label} | {pairs} | {' | '.join(cells)} |")
+    pairs = {t["filter"]: t["pairs"] for t in trained}
+    lines += [f"| {label} | {pairs.get(label, '')} | {' | '.join(cells)} |"
+              for label, cells in score_cells_by_filter(rows)]
     lines += ["", "Training: " + "; ".join(f"{t['filter']}: {t['pairs']} pairs, {t['epochs']} epochs, "
                                           f"{t['seconds']:.0f} s" for t in trained)]
     return "\n".join(lines)

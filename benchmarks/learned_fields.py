@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import mean_std, write_results  # noqa: E402
+from _common import score_cells_by_filter, write_results  # noqa: E402
 
 from enff.amortized import SolverConfig, TrainingConfig  # noqa: E402
 from enff.amortized.field_analysis import FieldFMPE  # noqa: E402
@@ -57,10 +57,7 @@ def markdown(rows: list[dict], trained: dict, args: argparse.Namespace) -> str:
         "| filter | RMSE | spread | CRPS | s/analysis |",
         "|---|---|---|---|---|",
     ]
-    for label in dict.fromkeys(r["filter"] for r in rows):
-        mine = [r for r in rows if r["filter"] == label]
-        cells = [mean_std(mine, key) for key in ("rmse_analysis", "spread_analysis", "crps_analysis", "analysis_seconds")]
-        lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines += [f"| {label} | {' | '.join(cells)} |" for label, cells in score_cells_by_filter(rows)]
     return "\n".join(lines)
 
 
