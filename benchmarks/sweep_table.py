@@ -118,7 +118,7 @@ def main() -> None:
         runs = plan(spec)  # builds every run's case once
         burn_in = spec_cycles(spec, runs) - args.last if args.last is not None else args.burn_in
         ds = compare([spec.out_dir], burn_in=burn_in)
-        texts.append(f"{path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path} "
+        texts.append(f"{path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path} "
                      f"(burn-in {ds.attrs['burn_in']}):\n{format_comparison(ds)}")
         for row in records(ds):
             row.update(spec=str(path), burn_in=ds.attrs["burn_in"])
