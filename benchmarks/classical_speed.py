@@ -98,7 +98,10 @@ def cases(max_d: int) -> list[dict[str, Any]]:
 
 def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: float = 2.0,
             min_repeats: int = 3) -> dict[str, Any]:
-    """Time one case in this process: a first call, then at least ``min_repeats`` timed calls."""
+    """Time one case in this process: a first call, then at least ``min_repeats`` timed calls.
+
+    ``case`` holds ``filter``, ``hyper``, ``grid`` (``"ring"`` or ``"256x256"``) and ``d``, optionally ``n``
+    (members, default ``MEMBERS``), ``backend`` (the LETKF's local solver alone) and ``min_repeats``."""
     from enff.filters import get_filter
     from enff.models.base import Grid
     from enff.observations.operators import Identity
@@ -109,11 +112,11 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
     else:
         axis = np.arange(256) * (2.0 / 256)
         grid = Grid((axis, axis), (2.0, 2.0))
-    d = case["d"]
+    d, members = case["d"], case.get("n", MEMBERS)
     obs = ObservationSpace(Identity(), torch.ones(d, dtype=dtype, device=device), grid, grid.shape)
     gen = torch.Generator(device=device).manual_seed(0)
     truth = torch.randn(grid.shape, generator=gen, dtype=dtype, device=device)
-    forecast = truth + torch.randn((MEMBERS, *grid.shape), generator=gen, dtype=dtype, device=device)
+    forecast = truth + torch.randn((members, *grid.shape), generator=gen, dtype=dtype, device=device)
     y = truth.reshape(-1) + torch.randn(d, generator=gen, dtype=dtype, device=device)
     filt = get_filter(case["filter"], **case["hyper"])
     result: list[torch.Tensor] = []
@@ -126,7 +129,7 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
         from enff.filters.letkf import letkf_update
 
         observed = observe(forecast, y, obs)
-        result[:] = [letkf_update(forecast.reshape(MEMBERS, -1), observed, obs, case["hyper"]["radius"],
+        result[:] = [letkf_update(forecast.reshape(members, -1), observed, obs, case["hyper"]["radius"],
                                   backend=case["backend"])[0]]
 
     def once() -> float:
@@ -158,6 +161,19 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
     }
 
 
+def measure_in_subprocess(case: dict[str, Any], threads: int, device: str, dtype: str,
+                          min_repeats: int) -> dict[str, Any]:
+    """:func:`measure` of ``case`` in a fresh interpreter (its ``peak_rss_mib`` is then the case's own); a failed
+    case gives the case with ``error`` (the last line of its stderr)."""
+    command = [sys.executable, __file__, "--threads", str(threads), "--device", device, "--dtype", dtype,
+               "--min-repeats", str(min_repeats), "--one", json.dumps(case)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        return {**case, "error": lines[-1]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch (intra-op) threads")
@@ -186,13 +202,7 @@ def main() -> None:
     selected = [case for case in suites[args.suite](args.max_d)
                 if case["d"] >= args.min_d and (not args.only or case["filter"] in args.only)]
     for case in selected:
-        command = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,
-                   "--dtype", args.dtype, "--min-repeats", str(args.min_repeats), "--one", json.dumps(case)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode:
-            rows.append({**case, "error": result.stderr.strip().splitlines()[-1]})
-        else:
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        rows.append(measure_in_subprocess(case, args.threads, args.device, args.dtype, args.min_repeats))
         print(json.dumps(rows[-1]), flush=True)
     setup = {
         "machine": platform.processor() or platform.machine(),
