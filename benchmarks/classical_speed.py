@@ -71,10 +71,12 @@ LETKF_BACKENDS = ("torch", "numba")
 
 
 def letkf_cases(max_d: int, device: str = "cpu") -> list[dict[str, Any]]:
-    """The LETKF with each backend (only torch off the CPU) on the largest ring and on the 256 x 256 grid."""
+    """The LETKF with each backend (only torch off the CPU) on the largest ring, on the 256 x 256 grid and on
+    ns256_atan's own state: three fields (pressure, u, v) at each point of that grid."""
     backends = LETKF_BACKENDS if device == "cpu" else ("torch",)
     geometries = [{"grid": "ring", "d": max_d, "hyper": {"radius": RING_RADIUS}},
-                  {"grid": "256x256", "d": 256 * 256, "hyper": {"radius": NS256_RADIUS}}]
+                  {"grid": "256x256", "d": 256 * 256, "hyper": {"radius": NS256_RADIUS}},
+                  {"grid": "3x256x256", "d": 3 * 256 * 256, "hyper": {"radius": NS256_RADIUS}}]
     return [{"filter": "letkf", "backend": backend, **geometry, **({"min_repeats": 1} if backend == "torch" else {})}
             for geometry in geometries for backend in backends]
 
@@ -100,7 +102,8 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
             min_repeats: int = 3) -> dict[str, Any]:
     """Time one case in this process: a first call, then at least ``min_repeats`` timed calls.
 
-    ``case`` holds ``filter``, ``hyper``, ``grid`` (``"ring"`` or ``"256x256"``) and ``d``, optionally ``n``
+    ``case`` holds ``filter``, ``hyper``, ``grid`` (``"ring"``, ``"256x256"`` or ``"3x256x256"``: three
+    co-located fields) and ``d``, optionally ``n``
     (members, default ``MEMBERS``), ``backend`` (the LETKF's local solver alone) and ``min_repeats``."""
     from enff.filters import get_filter
     from enff.models.base import Grid
@@ -111,7 +114,8 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
         grid = Grid((np.arange(case["d"], dtype=np.float64),), (float(case["d"]),))
     else:
         axis = np.arange(256) * (2.0 / 256)
-        grid = Grid((axis, axis), (2.0, 2.0))
+        fields = ((np.zeros(3),), (None,)) if case["grid"] == "3x256x256" else ((), ())
+        grid = Grid((*fields[0], axis, axis), (*fields[1], 2.0, 2.0))
     d, members = case["d"], case.get("n", MEMBERS)
     obs = ObservationSpace(Identity(), torch.ones(d, dtype=dtype, device=device), grid, grid.shape)
     gen = torch.Generator(device=device).manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 from enff.filters import ETKF
 from enff.filters.ensemble_space import observe
 from enff.filters.letkf import letkf_update
-from enff.filters.localization import gaspari_cohn
+from enff.filters.localization import LocalObservations, gaspari_cohn, local_domains, local_observations, taper_pairs
 from enff.models.base import Grid
 from enff.observations.operators import ATan, Identity
 from enff.observations.space import ObservationSpace, Select
@@ -52,6 +52,9 @@ def _dense_reference(forecast: np.ndarray, hx: np.ndarray, y: np.ndarray, std: n
     return out
 
 
+#: Three co-located fields on a 6 x 6 torus (a field axis of zero extent, as the primitive Navier-Stokes model).
+FIELDS_6X6 = Grid((np.zeros(3), np.arange(6.0), np.arange(6.0)), (None, 6.0, 6.0))
+
 # geometry, operator, members, std, radius: observation-space (m < N) and member-space (m >= N) problems,
 # different numbers of local observations side by side (sparse, non-periodic edges), two dimensions
 CASES = {
@@ -62,6 +65,9 @@ CASES = {
     "open-line-edges": (Grid((np.arange(25.0),), (None,)), Identity(), 10, np.full(25, 0.7), 2.0),
     "torus-8x8": (Grid((np.arange(8.0), np.arange(8.0)), (8.0, 8.0)), Identity(), 12, np.full(64, 0.8), 0.9),
     "precise-arctan": (ring(24), ATan(), 10, np.full(24, 0.05), 2.0),
+    # three fields at every point of a 6 x 6 torus (as Navier-Stokes' pressure, u, v): one local problem per point
+    "colocated-fields-member-space": (FIELDS_6X6, Identity(), 8, np.linspace(0.5, 1.0, 108), 1.0),
+    "colocated-fields-obs-space": (FIELDS_6X6, Select(np.arange(1, 108, 5)), 20, np.full(22, 0.6), 1.2),
 }
 
 
@@ -116,3 +122,20 @@ def test_unknown_backend_is_refused():
     forecast, y, obs = _problem(grid, operator, n_members, std, seed=1)
     with pytest.raises(ValueError, match="backend must be"):
         _analysis(forecast, y, obs, radius, "fortran")
+
+
+@pytest.mark.parametrize("name", ["colocated-fields-obs-space", "ring-sparse-varying-std"])
+def test_local_domains_group_colocated_elements_with_the_per_element_lists(name):
+    grid, operator, _, std, radius = CASES[name]
+    obs = ObservationSpace(operator, torch.as_tensor(std), grid, grid.shape)
+    domains = local_domains(obs, radius)
+    direct = LocalObservations.from_pairs(*taper_pairs(grid, grid.points(), obs.locations, radius))
+    per_element = local_observations(obs, radius)
+    for got in (per_element, domains.per_element()):
+        np.testing.assert_array_equal(got.active, direct.active)
+        np.testing.assert_array_equal(got.index, direct.index)
+        np.testing.assert_array_equal(got.weight, direct.weight)
+    fields = 3 if grid is FIELDS_6X6 else 1
+    assert domains.elements.shape == (direct.active.size // fields, fields)
+    points = grid.points()[domains.elements]  # (domain, field, ndim): each domain's elements share one point
+    np.testing.assert_array_equal(points, np.broadcast_to(points[:, :1], points.shape))

@@ -234,8 +234,21 @@ def _rotate_back(count, cos, sin, where, vec):
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _rotate_forward(count, cos, sin, where, vec):
+    """``vec <- Z^T vec`` for every lane: the recorded rotations in the order the QR sweeps applied them."""
+    lanes = vec.shape[1]
+    for j in range(count):
+        k = where[j]
+        for l in range(lanes):
+            c, s = cos[j, l], sin[j, l]
+            a, b = vec[k, l], vec[k + 1, l]
+            vec[k, l] = c * a + s * b
+            vec[k + 1, l] = c * b - s * a
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, weight, out, wbar_out, lanes):
-    """The LETKF analysis of every element in ``elements``, written into ``out``.
+    """The LETKF analysis of every element in ``elements``, written into ``out``, one local problem per row.
 
     Parameters
     ----------
@@ -248,14 +261,16 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
     innovation:
         Scaled innovation ``dy``, shape ``(p,)``.
     elements:
-        Flat state indices to analyse, shape ``(n,)``, int64.
+        Flat state indices to analyse, shape ``(n, group)`` int64: the elements of one row share its local
+        observations (co-located fields, :class:`~enff.filters.localization.LocalDomains`) and so one
+        eigenproblem, applied to each of their anomaly vectors; ``-1`` is padding.
     index, weight:
-        Local observation indices and tapers of each element in ``elements``, shape ``(n, width)``
+        Local observation indices and tapers of each row of ``elements``, shape ``(n, width)``
         (entries with zero taper are padding).
     out:
         Analysis members, shape ``(N, d)``: column ``elements[j]`` is overwritten, the others untouched.
     wbar_out:
-        Mean weights ``wbar`` of each local analysis, shape ``(n, N)`` float64, or shape ``(0, N)`` to skip.
+        Mean weights ``wbar`` of each local problem (row), shape ``(n, N)`` float64, or shape ``(0, N)`` to skip.
     lanes:
         Local problems solved side by side (:data:`LANES`). A run-time argument on purpose: with a
         compile-time count LLVM unrolls the lane loops and, unable to rule out aliasing, leaves them scalar.
@@ -266,6 +281,7 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
     """
     n_members = anomalies.shape[0]
     n_elements = elements.shape[0]
+    group = elements.shape[1]
     width = max(index.shape[1], 1)
     size = max(n_members, 2)
     capacity = _SWEEPS_PER_EIGENVALUE * size * size
@@ -276,17 +292,17 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
     beta = np.empty((size, lanes))
     diag = np.empty((size, lanes))
     off = np.empty((size, lanes))
-    u = np.empty((size, lanes))
+    u = np.empty((group, size, lanes))  # one vector per element of the row
     v = np.empty((size, lanes))
-    u0 = np.empty((size, lanes))
+    u0 = np.empty((group, size, lanes))
     diag0 = np.empty((size, lanes))
     off0 = np.empty((size, lanes))
-    x = np.empty((n_members, lanes))
+    x = np.empty((group, n_members, lanes))
     work = np.empty((size, lanes))
     cos = np.empty((capacity, lanes))
     sin = np.empty((capacity, lanes))
     where = np.empty(capacity, dtype=np.int64)
-    shift = np.empty(lanes)
+    shift = np.empty((group, lanes))
     keep_wbar = wbar_out.shape[0] > 0
     c = n_members - 1.0
     root_c = math.sqrt(c)
@@ -304,8 +320,10 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
         n = n_members if member_space else m
         for l in range(lanes):
             j = min(start + l, n_elements - 1)
-            for k in range(n_members):
-                x[k, l] = anomalies[k, elements[j]]
+            for f in range(group):
+                element = elements[j, f]
+                for k in range(n_members):
+                    x[f, k, l] = anomalies[k, element] if element >= 0 else 0.0
             count = 0
             for a in range(index.shape[1]):
                 w = weight[j, a]
@@ -330,7 +348,8 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
         if member_space:  # A = c I + B^T B, u = x, v = B^T r, one lane at a time
             for l in range(lanes):
                 for k in range(n):
-                    u[k, l] = x[k, l]
+                    for f in range(group):
+                        u[f, k, l] = x[f, k, l]
                     acc = 0.0
                     for a in range(m):
                         acc += columns[l, k, a] * roots[l, a]
@@ -344,11 +363,13 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
         else:  # K = B B^T, u = B x, v = r, the lanes side by side
             for a in range(n):
                 for l in range(lanes):
-                    u[a, l] = 0.0
                     v[a, l] = roots[l, a]
-                for k in range(n_members):
+                for f in range(group):
                     for l in range(lanes):
-                        u[a, l] += rows[a, k, l] * x[k, l]
+                        u[f, a, l] = 0.0
+                    for k in range(n_members):
+                        for l in range(lanes):
+                            u[f, a, l] += rows[a, k, l] * x[f, k, l]
                 for b in range(a, n):
                     for l in range(lanes):
                         mat[a, b, l] = 0.0
@@ -356,32 +377,37 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
                         for l in range(lanes):
                             mat[a, b, l] += rows[a, k, l] * rows[b, k, l]
         _tridiagonalize(mat, n, beta, diag, off, work)
-        _reflect(mat, n, beta, u, False)
+        for f in range(group):
+            _reflect(mat, n, beta, u[f], False)
         _reflect(mat, n, beta, v, False)
         for k in range(n):  # T and H^T u before the QR sweeps, for the solve below
             for l in range(lanes):
                 diag0[k, l] = diag[k, l]
                 off0[k, l] = off[k, l]
-                u0[k, l] = u[k, l]
-        count = _tridiagonal_eigen(n, diag, off, u, cos, sin, where)
+                for f in range(group):
+                    u0[f, k, l] = u[f, k, l]
+        count = _tridiagonal_eigen(n, diag, off, u[0], cos, sin, where)
         if count < 0:
             failed += min(lanes, n_elements - start)
             continue
+        for f in range(1, group):  # the other elements' vectors through the same rotations
+            _rotate_forward(count, cos, sin, where, u[f])
         # x . wbar = (H^T u)^T (T + a I)^{-1} H^T v (a = c in observation space, 0 when T is that of A)
         _tridiagonal_solve(n, diag0, off0, 0.0 if member_space else c, v, work)
-        for l in range(lanes):
-            shift[l] = 0.0
-        for k in range(n):
+        for f in range(group):
             for l in range(lanes):
-                shift[l] += u0[k, l] * v[k, l]
-                lam = diag[k, l]
-                if member_space:
-                    u[k, l] *= root_c / math.sqrt(lam)
-                else:
-                    total = math.sqrt(c + max(lam, 0.0))
-                    u[k, l] *= -1.0 / (total * (total + root_c))
-        _rotate_back(count, cos, sin, where, u)
-        _reflect(mat, n, beta, u, True)
+                shift[f, l] = 0.0
+            for k in range(n):
+                for l in range(lanes):
+                    shift[f, l] += u0[f, k, l] * v[k, l]
+                    lam = diag[k, l]
+                    if member_space:
+                        u[f, k, l] *= root_c / math.sqrt(lam)
+                    else:
+                        total = math.sqrt(c + max(lam, 0.0))
+                        u[f, k, l] *= -1.0 / (total * (total + root_c))
+            _rotate_back(count, cos, sin, where, u[f])
+            _reflect(mat, n, beta, u[f], True)
         if keep_wbar:
             _reflect(mat, n, beta, v, True)
         if not member_space:  # sqrt(c) A^{-1/2} x = x + B^T U g U^T B x, wbar = B^T (c I + K)^{-1} r
@@ -391,17 +417,26 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
             for a in range(n):
                 for k in range(n_members):
                     for l in range(lanes):
-                        x[k, l] += rows[a, k, l] * u[a, l]
                         work[k, l] += rows[a, k, l] * v[a, l]
+                    for f in range(group):
+                        for l in range(lanes):
+                            x[f, k, l] += rows[a, k, l] * u[f, a, l]
             for k in range(n_members):
                 for l in range(lanes):
-                    u[k, l] = x[k, l]
                     v[k, l] = work[k, l]
+            for f in range(group):
+                for k in range(n_members):
+                    for l in range(lanes):
+                        u[f, k, l] = x[f, k, l]
         for l in range(min(lanes, n_elements - start)):
-            element = elements[start + l]
-            centre = mean[element] + shift[l]
-            for k in range(n_members):  # u: sqrt(c) A^{-1/2} x, v: wbar
-                out[k, element] = centre + u[k, l]
-                if keep_wbar:
+            for f in range(group):
+                element = elements[start + l, f]
+                if element < 0:
+                    continue
+                centre = mean[element] + shift[f, l]
+                for k in range(n_members):  # u: sqrt(c) A^{-1/2} x
+                    out[k, element] = centre + u[f, k, l]
+            if keep_wbar:
+                for k in range(n_members):  # v: wbar
                     wbar_out[start + l, k] = v[k, l]
     return failed

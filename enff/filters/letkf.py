@@ -17,7 +17,7 @@ from enff.observations.space import ObservationSpace
 from .base import register
 from .ensemble_space import ObservedEnsemble, square_root_update, square_root_update_and_weights
 from .etkf import ETKF
-from .localization import check_radius, local_observation_tensors, local_observations
+from .localization import check_radius, local_domains, local_observation_tensors, local_observations
 from .step_length import best_step_lengths
 
 __all__ = ["CHUNK_ELEMENTS", "LETKF", "LocalBackend", "letkf_update"]
@@ -26,7 +26,7 @@ __all__ = ["CHUNK_ELEMENTS", "LETKF", "LocalBackend", "letkf_update"]
 CHUNK_ELEMENTS = 1 << 22
 
 #: How the local analyses are computed: ``"numba"`` (CPU: the fused kernel of
-#: :mod:`~enff.filters._letkf_numba`, one element at a time), ``"torch"`` (any device: batches of
+#: :mod:`~enff.filters._letkf_numba`, one grid location at a time), ``"torch"`` (any device: batches of
 #: ``torch.linalg.eigh``) or ``"auto"`` (``"numba"`` for CPU tensors, ``"torch"`` otherwise). Both give the
 #: same analysis to round-off.
 LocalBackend = Literal["auto", "numba", "torch"]
@@ -39,7 +39,9 @@ class LETKF(ETKF):
 
     Every state element gets its own ETKF analysis from the observations within ``2 * radius`` on the
     model grid (periodic, multi-dimensional), each R^-1 entry multiplied by the taper of its distance.
-    On the CPU the local problems are solved one element at a time by a fused numba kernel (a
+    Fields stored at one point (Navier-Stokes' pressure, u and v) have the same local observations and so the
+    same analysis weights. On the CPU the local problems are solved one grid location at a time, the
+    co-located fields sharing one, by a fused numba kernel (a
     Householder tridiagonalization and implicit QR of the smaller of the ``N x N`` and local
     observation-space matrices, :mod:`~enff.filters._letkf_numba`); on other devices as batches of
     ``torch.linalg.eigh``, a chunk of elements at a time so that the gathered local anomalies hold about
@@ -135,10 +137,11 @@ def letkf_update(
     if math.isinf(radius):
         return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies), 0.0
     solver = _solver(backend, members.device)
-    active, index, weight = solver.neighbours(obs, radius, members.device, members.dtype)
+    whole = solver.whole and pointwise is None
+    active, index, weight = solver.neighbours(obs, radius, members.device, members.dtype, shared=whole)
     analysis = members.clone()
     n_members = members.shape[0]
-    if solver.whole and pointwise is None:
+    if whole:
         chunk = max(1, active.shape[0])  # one call: the kernel needs no gathered copies
     else:
         chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * n_members))
@@ -150,7 +153,7 @@ def letkf_update(
         if pointwise is not None:
             local_index = torch.as_tensor(index[rows], device=members.device)
             local_weight = torch.as_tensor(weight[rows], device=members.device, dtype=members.dtype)
-            elements = torch.as_tensor(active[rows], device=members.device)
+            elements = torch.as_tensor(active[rows], device=members.device).reshape(-1)  # one element per row
             source = sources[local_index]  # (chunk, max_local)
             increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar)
             length = best_step_lengths(wbar, mean[source], increment, observed.innovation[local_index],
@@ -182,7 +185,8 @@ def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
                  elements: np.ndarray, index: np.ndarray, weight: np.ndarray, *, keep_wbar: bool) -> torch.Tensor:
     """The local analyses of ``elements`` by the numba kernel, written into ``analysis`` (CPU tensors).
 
-    Returns the mean weights ``wbar``, ``(chunk, N)`` float64 (``(0, N)`` unless ``keep_wbar``).
+    ``elements`` is ``(chunk, group)``: the elements of a row share its local analysis (``-1`` pads). Returns
+    the mean weights ``wbar``, ``(chunk, N)`` float64 (``(0, N)`` unless ``keep_wbar``).
     """
     from ._letkf_numba import LANES, letkf_local_analyses
 
@@ -197,21 +201,36 @@ def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
     return torch.from_numpy(wbar)
 
 
-def _numba_neighbours(obs: ObservationSpace, radius: float, device: torch.device, dtype: torch.dtype
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The numba kernel reads the cached NumPy neighbour lists directly (``device`` and ``dtype`` unused)."""
+def _numba_neighbours(obs: ObservationSpace, radius: float, device: torch.device, dtype: torch.dtype, *,
+                      shared: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The numba kernel reads the cached NumPy neighbour lists directly (``device`` and ``dtype`` unused).
+
+    ``shared``: one row per grid location, its co-located elements side by side
+    (:func:`~enff.filters.localization.local_domains`: one eigenproblem for all fields at a point); otherwise
+    one row per element, ``(n_active, 1)``, as the line search needs.
+    """
+    if shared:
+        domains = local_domains(obs, radius)
+        return domains.elements, domains.index, domains.weight
     local = local_observations(obs, radius)
-    return local.active, local.index, local.weight
+    return local.active[:, None], local.index, local.weight
+
+
+def _torch_neighbours(obs: ObservationSpace, radius: float, device: torch.device, dtype: torch.dtype, *,
+                      shared: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One row per element (``shared`` unused: the batched eigh path solves every element's problem)."""
+    return local_observation_tensors(obs, radius, device, dtype)
 
 
 @dataclass(frozen=True)
 class _LocalSolver:
     """How one backend finds the local observations and solves a chunk of local analyses.
 
-    ``whole``: without a line search, all elements go to one ``solve`` call (no gathered copies).
+    ``whole``: without a line search, all elements go to one ``solve`` call (no gathered copies), with
+    co-located elements sharing one local problem (``neighbours(..., shared=True)``).
     """
 
-    neighbours: Callable[[ObservationSpace, float, torch.device, torch.dtype], tuple]
+    neighbours: Callable[..., tuple]
     solve: Callable[..., torch.Tensor]
     whole: bool
     cpu_only: bool
@@ -219,7 +238,7 @@ class _LocalSolver:
 
 _SOLVERS: Mapping[str, _LocalSolver] = MappingProxyType({
     "numba": _LocalSolver(_numba_neighbours, _numba_chunk, whole=True, cpu_only=True),
-    "torch": _LocalSolver(local_observation_tensors, _torch_chunk, whole=False, cpu_only=False),
+    "torch": _LocalSolver(_torch_neighbours, _torch_chunk, whole=False, cpu_only=False),
 })
 
 

@@ -28,6 +28,7 @@ from enff.observations.space import ObservationSpace
 
 __all__ = [
     "CovarianceTapers",
+    "LocalDomains",
     "LocalObservations",
     "MAX_DENSE_TAPER_BYTES",
     "cached",
@@ -36,6 +37,7 @@ __all__ = [
     "covariance_tapers",
     "gaspari_cohn",
     "grid_digest",
+    "local_domains",
     "local_observation_tensors",
     "local_observations",
     "taper_pairs",
@@ -171,6 +173,86 @@ class LocalObservations:
 
 
 @dataclass(frozen=True, eq=False)
+class LocalDomains:
+    """The local analysis domains: the state elements at one grid location share its local observations.
+
+    Fields stored at the same point (Navier-Stokes' pressure, u and v) see the same observations with the
+    same tapers, so one local analysis serves all of them. Domains are ordered by their first element.
+
+    Attributes
+    ----------
+    elements:
+        Flat state indices of the elements at each location with observations nearby, ascending, padded
+        with ``-1``, shape ``(n_domains, max_colocated)`` int64.
+    index:
+        Observation indices of each domain, ascending, padded, shape ``(n_domains, max_local)``.
+    weight:
+        Gaspari-Cohn taper of each local observation (0 on padding), shape ``(n_domains, max_local)``.
+    """
+
+    elements: np.ndarray
+    index: np.ndarray
+    weight: np.ndarray
+
+    def per_element(self) -> LocalObservations:
+        """The same neighbour lists with one row per active element (flat index order)."""
+        valid = self.elements >= 0
+        domain = np.broadcast_to(np.arange(self.elements.shape[0])[:, None], self.elements.shape)[valid]
+        element = self.elements[valid]
+        order = np.argsort(element, kind="stable")
+        return LocalObservations(element[order], self.index[domain[order]], self.weight[domain[order]])
+
+
+def _colocated(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of ``points`` ``(n, ndim)`` and, for each point, the row it is, ``(n,)``."""
+    unique, inverse = np.unique(points, axis=0, return_inverse=True)
+    return unique, inverse.reshape(-1).astype(np.int64)
+
+
+def _csr(groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Members of each group: ``order`` (indices sorted by group, stable) and ``starts`` ``(n_groups + 1,)``."""
+    order = np.argsort(groups, kind="stable")
+    starts = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(groups, minlength=n_groups), out=starts[1:])
+    return order, starts
+
+
+def _expand(pair_group: np.ndarray, order: np.ndarray, starts: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For pairs naming a group each, one row per (pair, member of its group).
+
+    Returns ``(pair, member, slot)``: the pair's index, the member and its place within the group.
+    """
+    counts = starts[pair_group + 1] - starts[pair_group]
+    pair = np.repeat(np.arange(pair_group.size), counts)
+    slot = np.arange(pair.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return pair, order[starts[pair_group[pair]] + slot], slot
+
+
+def _build_domains(grid: Grid, points: np.ndarray, locations: np.ndarray, radius: float) -> LocalDomains:
+    """:class:`LocalDomains` from the state points ``(d, ndim)`` and observation locations ``(n_obs, ndim)``.
+
+    Tapers are computed once per pair of distinct state and observation locations (co-located fields
+    share them), then expanded to the observations at each location.
+    """
+    state_at, state_row = _colocated(points)
+    obs_at, obs_row = _colocated(locations)
+    ia, ib, taper = taper_pairs(grid, state_at, obs_at, radius)
+    pair, observation, _ = _expand(ib, *_csr(obs_row, obs_at.shape[0]))
+    location, weight = ia[pair], taper[pair]
+    order = np.lexsort((observation, location))
+    rows = LocalObservations.from_pairs(location[order], observation[order], weight[order])
+    element_order, element_starts = _csr(state_row, state_at.shape[0])
+    counts = element_starts[rows.active + 1] - element_starts[rows.active]
+    width = int(counts.max()) if counts.size else 0
+    elements = np.full((rows.active.size, width), -1, dtype=np.int64)
+    row, member, slot = _expand(rows.active, element_order, element_starts)
+    elements[row, slot] = member
+    first = np.argsort(elements[:, 0], kind="stable") if width else np.arange(0)
+    return LocalDomains(elements[first], rows.index[first], rows.weight[first])
+
+
+@dataclass(frozen=True, eq=False)
 class CovarianceTapers:
     """Dense Gaspari-Cohn tapers for covariance localization.
 
@@ -246,10 +328,19 @@ def local_observations(obs: ObservationSpace, radius: float) -> LocalObservation
     if not math.isfinite(radius):
         raise ValueError("radius must be finite to build local observation lists (inf means global)")
 
-    def build() -> LocalObservations:
-        return LocalObservations.from_pairs(*taper_pairs(obs.grid, obs.grid.points(), obs.locations, radius))
+    return cached(_geometry_key("local", obs, radius), lambda: local_domains(obs, radius).per_element())
 
-    return cached(_geometry_key("local", obs, radius), build)
+
+def local_domains(obs: ObservationSpace, radius: float) -> LocalDomains:
+    """Local observations of every grid location within ``2 * radius`` and the state elements there (cached).
+
+    Parameters are those of :func:`local_observations`, which holds the same lists per element.
+    """
+    radius = check_radius(radius, required=True)
+    if not math.isfinite(radius):
+        raise ValueError("radius must be finite to build local observation lists (inf means global)")
+    return cached(_geometry_key("domains", obs, radius),
+                  lambda: _build_domains(obs.grid, obs.grid.points(), obs.locations, radius))
 
 
 def local_observation_tensors(obs: ObservationSpace, radius: float, device: torch.device | str, dtype: torch.dtype
