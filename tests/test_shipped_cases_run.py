@@ -13,8 +13,6 @@ FILTERS = ("enff-ot", "enff-f2p", "ensf", "letkf", "enkf", "etkf")
 @pytest.mark.parametrize("filter_name", FILTERS)
 @pytest.mark.parametrize("case", sorted(shipped_cases()))
 def test_shipped_case_runs_with_filter(tmp_path, case, filter_name):
-    if filter_name == "letkf" and case.startswith("l96_1e6"):
-        pytest.skip("LETKF at d = 1e6 takes about 30 s per analysis; timed in benchmarks/classical_speed.py")
     if filter_name == "letkf" and case == "l63":
         pytest.skip("three variables: nothing to localize, so l63 ships no LETKF radius")
     out = tmp_path / "run.nc"
