@@ -1,7 +1,9 @@
 """The localized ensemble Kalman-Bucy flow ``lenff-tempered`` against independent answers.
 
 Checks: for linear observations and a global analysis, K tempering steps give the Kalman filter's mean and
-covariance (of the ensemble's sample statistics) to round-off, for both schedules; one step is the LETKF;
+covariance (of the ensemble's sample statistics) to round-off, for both schedules; one step is the LETKF; in the
+local frame, K steps with linear observations and a finite radius are the LETKF, and with arctan every element's
+analysis is the global tempered analysis of its own tapered local observations (a per-element loop);
 with a finite radius and many members K steps approach the exact Kalman filter as closely as the LETKF does;
 for a nonlinear scalar problem more steps come closer to the exact posterior mean (quadrature) than the
 one-step ETKF; masked observations have no influence; member order; float32 against float64.
@@ -15,8 +17,9 @@ import torch
 
 from enff.filters import get_filter
 from enff.filters.local_tempering import step_sizes
+from enff.filters.localization import gaspari_cohn
 from enff.models.base import Grid
-from enff.observations.operators import ATan, Identity, Indices
+from enff.observations.operators import ATan, Indices
 from enff.observations.space import ObservationSpace
 
 
@@ -64,6 +67,66 @@ def test_one_step_is_the_letkf():
     torch.testing.assert_close(ours, _analysis("letkf", forecast, y, obs, **keys), rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("steps, schedule", [(4, "uniform"), (5, "geometric")])
+def test_local_frame_with_linear_observations_is_the_letkf(steps, schedule):
+    d, n = 40, 8
+    gen = torch.Generator().manual_seed(9)
+    forecast = torch.randn(n, d, dtype=torch.float64, generator=gen)
+    obs = _space(d, Indices(np.arange(0, d, 3)), std=0.3)
+    y = 0.5 * torch.randn(obs.n_obs, dtype=torch.float64, generator=gen)
+    keys = {"radius": 3.0, "inflation": 1.05, "rtps": 0.3}
+    letkf = _analysis("letkf", forecast, y, obs, **keys)
+    local = _analysis("lenff-tempered", forecast, y, obs, steps=steps, schedule=schedule, frame="local", **keys)
+    shared = _analysis("lenff-tempered", forecast, y, obs, steps=steps, schedule=schedule, **keys)
+    torch.testing.assert_close(local, letkf, rtol=0, atol=1e-12)
+    # the shared frame mixes neighbouring transforms: not the LETKF even for linear observations
+    assert float((shared - letkf).abs().max()) > 1e-3
+
+
+def test_local_frame_is_the_global_analysis_of_each_elements_local_observations():
+    d, n, radius, std = 24, 7, 2.0, 0.2
+    gen = torch.Generator().manual_seed(10)
+    forecast = 1.2 * torch.randn(n, d, dtype=torch.float64, generator=gen)
+    keep = np.arange(0, d, 2)
+    obs = _space(d, Indices(keep) | ATan(), std=std)
+    y = torch.atan(torch.randn(keep.size, dtype=torch.float64, generator=gen))
+    keys = {"steps": 3, "schedule": "geometric"}
+    local = _analysis("lenff-tempered", forecast, y, obs, radius=radius, frame="local", **keys)
+    offset = np.abs(np.arange(d)[:, None] - keep[None, :])
+    taper = gaspari_cohn(np.minimum(offset, d - offset), radius)  # (element, observation), periodic
+    for element in range(d):
+        near = np.flatnonzero(taper[element] > 0)
+        errors = torch.as_tensor(std / np.sqrt(taper[element, near]))  # R / rho, as the LETKF tapers R^-1
+        restricted = ObservationSpace(Indices(keep[near]) | ATan(), errors, obs.grid, obs.state_shape)
+        alone = _analysis("lenff-tempered", forecast, y[near], restricted, radius=math.inf, **keys)
+        torch.testing.assert_close(local[:, element], alone[:, element], rtol=0, atol=1e-12)
+
+
+def test_local_frame_needs_a_pointwise_operator():
+    from dataclasses import dataclass
+
+    from enff.observations.base import ObservationOperator
+
+    @dataclass(frozen=True)
+    class Pairs(ObservationOperator):
+        """Sums of neighbouring elements, located at the first of each pair: not pointwise."""
+
+        def __call__(self, x):
+            flat = x.reshape(x.shape[0], -1)
+            return flat[:, 0::2] + flat[:, 1::2]
+
+        def source_index(self, shape):
+            return np.arange(0, int(np.prod(shape)), 2, dtype=np.int64)
+
+    d, n = 12, 5
+    forecast = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    obs = _space(d, Pairs(), std=0.3)
+    y = torch.zeros(d // 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="frame 'local' needs an observation operator"):
+        _analysis("lenff-tempered", forecast, y, obs, radius=2.0, steps=2, frame="local")
+    _analysis("lenff-tempered", forecast, y, obs, radius=2.0, steps=2)  # the shared frame takes any operator
+
+
 def _correlated_prior(d: int, n: int, length_scale: float, seed: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """A periodic Gaussian-correlated prior ``N(m, B)`` on ``d`` points and ``n`` draws of it."""
     offset = np.minimum(np.arange(d), d - np.arange(d))
@@ -109,7 +172,8 @@ def test_more_steps_approach_the_exact_nonlinear_posterior_mean():
     assert errors[2] < 0.1 * errors[0]
 
 
-def test_masked_observations_have_no_influence():
+@pytest.mark.parametrize("frame", ["shared", "local"])
+def test_masked_observations_have_no_influence(frame):
     d, n = 30, 7
     gen = torch.Generator().manual_seed(6)
     forecast = torch.randn(n, d, dtype=torch.float64, generator=gen)
@@ -120,32 +184,34 @@ def test_masked_observations_have_no_influence():
     masked[drop] = float("nan")
     keep = np.setdiff1d(np.arange(obs.n_obs), drop.numpy())
     restricted = ObservationSpace(obs.operator | Indices(keep), obs.std[keep], obs.grid, obs.state_shape)
-    keys = {"radius": 3.0, "steps": 3}
+    keys = {"radius": 3.0, "steps": 3, "frame": frame}
     torch.testing.assert_close(_analysis("lenff-tempered", forecast, masked, obs, **keys),
                                _analysis("lenff-tempered", forecast, y[keep], restricted, **keys),
                                rtol=1e-12, atol=1e-12)
 
 
-def test_member_order_does_not_matter():
+@pytest.mark.parametrize("frame", ["shared", "local"])
+def test_member_order_does_not_matter(frame):
     d, n = 30, 9
     gen = torch.Generator().manual_seed(7)
     forecast = torch.randn(n, d, dtype=torch.float64, generator=gen)
     obs = _space(d, ATan(), std=0.2)
     y = torch.atan(torch.randn(d, dtype=torch.float64, generator=gen))
     order = torch.randperm(n, generator=gen)
-    keys = {"radius": 4.0, "steps": 4, "schedule": "geometric"}
+    keys = {"radius": 4.0, "steps": 4, "schedule": "geometric", "frame": frame}
     a = _analysis("lenff-tempered", forecast, y, obs, **keys)
     b = _analysis("lenff-tempered", forecast[order], y, obs, **keys)
     torch.testing.assert_close(a[order], b, rtol=1e-10, atol=1e-10)
 
 
-def test_float32_matches_float64():
+@pytest.mark.parametrize("frame", ["shared", "local"])
+def test_float32_matches_float64(frame):
     d, n = 256, 20
     gen = torch.Generator().manual_seed(8)
     forecast = 1.5 * torch.randn(n, d, dtype=torch.float64, generator=gen)
     obs = _space(d, ATan(), std=0.1, length=64.0)
     y = torch.atan(torch.randn(d, dtype=torch.float64, generator=gen))
-    keys = {"radius": 2.0, "steps": 4}
+    keys = {"radius": 2.0, "steps": 4, "frame": frame}
     double = _analysis("lenff-tempered", forecast, y, obs, **keys)
     obs32 = ObservationSpace(obs.operator, obs.std.float(), obs.grid, obs.state_shape)
     single = _analysis("lenff-tempered", forecast.float(), y.float(), obs32, **keys)
@@ -163,6 +229,8 @@ def test_step_sizes_and_bad_settings():
         get_filter("lenff-tempered", radius=2.0, steps=0)
     with pytest.raises(ValueError, match="schedule must be one of"):
         get_filter("lenff-tempered", radius=2.0, schedule="linear")
+    with pytest.raises(ValueError, match="frame must be one of"):
+        get_filter("lenff-tempered", radius=2.0, frame="global")
 
 
 def test_runs_from_a_case_file_and_set(tmp_path, small_case_file):

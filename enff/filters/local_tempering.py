@@ -26,8 +26,16 @@ a_k``; the means compose as sequential assimilation of the same observations wit
 exact for a Gaussian. So ``K = 1`` is the LETKF and ``K > 1`` differs only through the nonlinearity of
 ``h`` and, with a finite radius, through localization (tested in ``tests/test_local_tempering.py``).
 
-Localization. Every step is an LETKF analysis (:func:`~enff.filters.letkf.letkf_update`): domain
-localization with the Gaspari-Cohn taper of ``R^-1`` at ``radius`` (model length units). Inflation,
+Localization. Every step is an LETKF analysis: domain localization with the Gaspari-Cohn taper of ``R^-1`` at
+``radius`` (model length units). Where ``h`` is re-linearized is the :data:`TemperingFrame`. ``"shared"``: a step
+evaluates ``h`` once on the whole updated ensemble and every local analysis of the next step reads those values
+(:func:`~enff.filters.letkf.letkf_update`); the observations around a grid point then carry the transforms of
+their own neighbourhoods, so for linear ``h`` and a finite radius the K steps are not the LETKF. ``"local"``:
+every local analysis runs its K steps in its own ensemble space, the particles at its local observations being
+the forecast mean plus the forecast anomalies times its own accumulated ``N x N`` coefficients
+(:func:`local_frame_update`); for linear ``h`` the steps then compose to its LETKF analysis exactly at any
+radius (the global argument above, per local problem), and ``h`` (pointwise operators only) is re-linearized at
+the local particles. With ``radius = inf`` the two frames coincide. Inflation,
 relaxation to prior spread and adaptive observation-error inflation are those of the classical filters
 (:class:`~enff.filters.kalman.EnsembleKalmanFilter`); the error std that adaptive inflation chooses from the
 forecast is kept for every step.
@@ -35,6 +43,7 @@ forecast is kept for every step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,12 +56,13 @@ from enff.config import check_value
 from enff.observations.space import ObservationSpace
 
 from .base import register
-from .ensemble_space import ObservedEnsemble, observe
+from .ensemble_space import ObservedEnsemble, observe, square_root_update_and_weights
 from .kalman import EnsembleKalmanFilter
-from .letkf import letkf_update
-from .localization import check_radius
+from .letkf import CHUNK_ELEMENTS, letkf_update
+from .localization import check_radius, local_observation_tensors
 
-__all__ = ["LEnFFTempered", "RAW_STEPS", "TemperingSchedule", "step_sizes", "tempered"]
+__all__ = ["LEnFFTempered", "RAW_STEPS", "TemperingFrame", "TemperingSchedule", "local_frame_update", "step_sizes",
+           "tempered"]
 
 #: How the tempering path ``[0, 1]`` is divided into steps: equal steps, or steps doubling in size (the
 #: first, taken with the forecast's linearization, is the smallest).
@@ -63,6 +73,10 @@ RAW_STEPS: Mapping[TemperingSchedule, Callable[[int], list[float]]] = MappingPro
     "uniform": lambda steps: [1.0] * steps,
     "geometric": lambda steps: [2.0**k for k in range(steps)],
 })
+
+#: Where each step re-linearizes ``h`` (module docstring): on the whole updated ensemble, shared by the local
+#: analyses, or in every local analysis's own ensemble space.
+TemperingFrame = Literal["shared", "local"]
 
 
 def step_sizes(steps: int, schedule: TemperingSchedule) -> list[float]:
@@ -84,6 +98,73 @@ def tempered(observed: ObservedEnsemble, size: float) -> ObservedEnsemble:
                             observed.std / root)
 
 
+def local_frame_update(
+    members: torch.Tensor,
+    observed: ObservedEnsemble,
+    obs: ObservationSpace,
+    radius: float,
+    sizes: list[float],
+    pointwise: Callable[[torch.Tensor], torch.Tensor],
+    sources: torch.Tensor,
+) -> torch.Tensor:
+    """The K tempering steps of every local analysis in its own ensemble space (``frame = "local"``).
+
+    Each state element ``p`` keeps coefficients ``G`` (``N x N``, the identity at the forecast): its particle ``i``
+    at a local observation ``j`` is ``xbar_f[q_j] + sum_l X_f[l, q_j] G[l, i]`` (``q_j`` the state element ``j``
+    observes, ``X_f`` the forecast anomalies ``(N, d)``). A step of size ``a`` observes these local particles
+    through ``pointwise`` (scaled by the error std of ``observed`` over ``sqrt(a)``), solves the local ETKF with
+    the Gaspari-Cohn taper and applies its transform to ``G``; the analysis at ``p`` is
+    ``xbar_f[p] + X_f[:, p]^T G``.
+
+    Parameters
+    ----------
+    members:
+        Forecast members ``(N, d)`` (inflated).
+    observed:
+        The members seen through the observations (its ``std``, with any AOEI, is kept for every step).
+    obs, radius:
+        Observation space and finite Gaspari-Cohn half-width (model length units).
+    sizes:
+        Step sizes ``a_1, ..., a_K`` (:func:`step_sizes`).
+    pointwise, sources:
+        The operator's pointwise map and each observation's flat state index ``(n_obs,)``.
+
+    Returns
+    -------
+    The analysis members ``(N, d)``, dtype of ``members`` (the local algebra in float64).
+    """
+    n = members.shape[0]
+    work = torch.float64
+    mean = members.mean(dim=0)
+    anomalies = members - mean
+    target = observed.mean + observed.innovation * observed.std
+    active, index, weight = local_observation_tensors(obs, radius, members.device, members.dtype)
+    analysis = members.clone()
+    chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * n))
+    identity = torch.eye(n, dtype=work, device=members.device)
+    for start in range(0, active.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        local = index[rows]  # (chunk, max_local)
+        source = sources[local]
+        forecast = anomalies[:, source].permute(1, 0, 2).to(work)  # X_f at the local observations, (chunk, N, L)
+        centre = mean[source].to(work).unsqueeze(1)  # (chunk, 1, L)
+        y, std = target[local].to(work), observed.std[local].to(work)
+        coefficients = identity.expand(local.shape[0], n, n).clone()  # G[c, l, i]
+        for size in sizes:
+            seen = pointwise(centre + coefficients.transpose(1, 2) @ forecast)  # h at the local particles, (c, N, L)
+            seen_mean = seen.mean(dim=1)
+            scale = std / size**0.5
+            spread = ((seen - seen_mean.unsqueeze(1)) / scale.unsqueeze(1)).transpose(1, 2)  # S, (c, L, N)
+            centred_mean = coefficients.mean(dim=2, keepdim=True)  # (c, N, 1)
+            update, _ = square_root_update_and_weights(spread, (y - seen_mean) / scale,
+                                                       (coefficients - centred_mean).transpose(1, 2), weight[rows])
+            coefficients = centred_mean + update.transpose(1, 2)
+        elements = active[rows]
+        increment = torch.einsum("cli,lc->ic", coefficients, anomalies[:, elements].to(work))
+        analysis[:, elements] = mean[elements] + increment.to(members.dtype)
+    return analysis
+
+
 @register("lenff-tempered")
 @dataclass(frozen=True)
 class LEnFFTempered(EnsembleKalmanFilter):
@@ -99,6 +180,9 @@ class LEnFFTempered(EnsembleKalmanFilter):
         evaluation of ``h`` on the ensemble.
     schedule:
         How the path is divided (:data:`TemperingSchedule`).
+    frame:
+        Where ``h`` is re-linearized (:data:`TemperingFrame`); ``"local"`` needs a pointwise operator (every
+        shipped one) and, with a finite radius, runs on the torch local solver.
     inflation, rtps, adaptive_obs_error:
         See :class:`~enff.filters.kalman.EnsembleKalmanFilter`.
     """
@@ -106,19 +190,30 @@ class LEnFFTempered(EnsembleKalmanFilter):
     radius: float | None = None
     steps: int = 4
     schedule: TemperingSchedule = "uniform"
+    frame: TemperingFrame = "shared"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_radius(self.radius, required=True)
         step_sizes(self.steps, self.schedule)
+        check_value("frame", self.frame, TemperingFrame)
 
     def _kalman_update(
         self, members: torch.Tensor, observed: ObservedEnsemble, obs: ObservationSpace, *, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         radius = check_radius(self.radius, required=True)
+        sizes = step_sizes(self.steps, self.schedule)
+        if self.frame == "local" and self.steps > 1 and math.isfinite(radius):
+            pointwise = obs.operator.pointwise()
+            if pointwise is None:
+                raise ValueError(f"frame 'local' needs an observation operator whose observations are each a "
+                                 f"function of one state element (a chain of selections and pointwise maps), got "
+                                 f"{obs.operator!r}")
+            sources = torch.as_tensor(obs.state_index, dtype=torch.long, device=members.device)
+            return local_frame_update(members, observed, obs, radius, sizes, pointwise, sources), {}
         y = observed.mean + observed.innovation * observed.std
         current, x = observed, members
-        for k, size in enumerate(step_sizes(self.steps, self.schedule)):
+        for k, size in enumerate(sizes):
             if k:  # the flow's linearization of h at the current particles
                 current = observe(x.reshape(x.shape[0], *obs.state_shape), y, obs, observed.std)
             x, _ = letkf_update(x, tempered(current, size), obs, radius)
