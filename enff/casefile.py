@@ -68,6 +68,14 @@ def apply_override(tables: dict[str, Any], assignment: str, where: str) -> None:
     node[parts[-1]] = _parse_value(text.strip())
 
 
+def _posteriors_beside(tables: dict[str, Any], folder: Path) -> None:
+    """Make the ``posterior`` of ``[filter]`` and of every ``[filters.*]`` table relative to ``folder`` (in place)."""
+    filters = tables.get("filters")
+    for table in [tables.get("filter"), *(filters.values() if isinstance(filters, dict) else ())]:
+        if isinstance(table, dict) and isinstance(table.get("posterior"), str) and table["posterior"]:
+            table["posterior"] = str((folder / table["posterior"]).resolve())
+
+
 def parse_case(
     text: str,
     where: str = "<case>",
@@ -79,12 +87,16 @@ def parse_case(
 
     ``filter_name`` selects another filter: its hyper-parameters come from ``[filters.<name>]`` when
     present (or from ``[filter]`` when it names the same filter), else the filter's defaults.
-    ``overrides`` are ``section.key=value`` assignments applied afterwards.
+    ``overrides`` are ``section.key=value`` assignments applied afterwards. A filter ``posterior`` file named
+    in ``text`` is relative to the case file (a shipped case's sits beside it); one set by an override stays
+    relative to the working directory.
     """
     try:
         tables = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise CaseError(f"{where}: not valid TOML: {err}") from None
+    if Path(where).is_file():
+        _posteriors_beside(tables, Path(where).parent)
     if filter_name is not None:
         current = tables.get("filter", {})
         if current.get("name") == filter_name:

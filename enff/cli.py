@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "cycles // 10)")
     learn.add_argument("--max-epochs", type=int, default=500, help="upper bound on training epochs")
     learn.add_argument("--seed", type=int, default=0, help="seed of the weights, split and batches")
+    learn.add_argument("--solver-steps", type=int, default=10,
+                       help="RK4 steps of the field analysis's sampling flow, stored in the posterior (--case)")
     add_progress_arguments(learn)
     add_sweep_commands(sub)
     return parser
@@ -217,7 +219,7 @@ def _save_posterior(out: Path, posterior: Any, what: str, case: str) -> int:
 
 def _learn_field(args: argparse.Namespace) -> int:
     """``enff learn --case``: a field posterior trained on the case's simulated cycles."""
-    from enff.amortized import TrainingConfig
+    from enff.amortized import SolverConfig, TrainingConfig
     from enff.amortized.field_analysis import FieldFMPE
     from enff.amortized.field_data import simulated_training_set
     from enff.casefile import CaseError, load_case
@@ -231,7 +233,8 @@ def _learn_field(args: argparse.Namespace) -> int:
         check_burn_in(args.burn_in, args.cycles)
         data = simulated_training_set(case, args.seeds, args.cycles, burn_in=resolve_burn_in(args.burn_in, args.cycles))
         training = TrainingConfig(max_epochs=args.max_epochs, progress=args.progress)
-        posterior = FieldFMPE(training=training, seed=args.seed).fit(data)
+        posterior = FieldFMPE(training=training, solver=SolverConfig(n_steps=args.solver_steps),
+                              seed=args.seed).fit(data)
     except (CaseError, ValueError, Divergence) as err:
         return _fail(str(err))
     return _save_posterior(args.out, posterior, f"field analysis for a {posterior.layout.describe()} (any grid "

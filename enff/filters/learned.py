@@ -38,7 +38,8 @@ class LearnedAnalysis(Filter):
     Attributes
     ----------
     posterior:
-        Path of the posterior file (relative to the working directory): tensors and plain data, read
+        Path of the posterior file (one named in a case file is relative to the case file, one given by
+        ``--set`` relative to the working directory): tensors and plain data, read
         without running code (old pickled files are refused unless ``ENFF_TRUST_LEGACY_POSTERIORS=1``).
         It is read when the filter is built, so an unreadable file is refused before a run starts.
     flow:

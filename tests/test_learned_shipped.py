@@ -1,0 +1,87 @@
+"""The learned analysis shipped with l96_40_sparse: ``enff run l96_40_sparse --filter learned`` works from any
+working directory with no training, its posterior file is read without unpickling (a tampered copy is refused
+and its code never runs), and its draws are calibrated on a held-out truth (spread / RMSE in [0.8, 1.2])."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from enff.amortized import load_posterior
+from enff.amortized.field_analysis import FieldContext, FieldPosterior, observation_field
+from enff.amortized.field_data import simulate_cycles
+from enff.amortized.field_network import FieldLayout
+from enff.amortized.storage import PosteriorFileError
+from enff.casefile import load_case, shipped_cases
+from enff.cli import main
+from enff.runfile import open_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CASE = "l96_40_sparse"
+
+
+class _Payload:
+    """A pickled object whose loading would create ``marker``: the code a tampered posterior file carries."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _shipped() -> Path:
+    return Path(load_case(CASE, filter_name="learned").filter.posterior)
+
+
+def test_the_case_names_a_posterior_shipped_beside_it():
+    path = _shipped()
+    assert path == (shipped_cases()[CASE].parent / "posteriors" / f"{CASE}.pt").resolve()
+    assert path.stat().st_size < 5 * 2**20  # a few MB at most
+    assert isinstance(load_posterior(path), FieldPosterior)
+
+
+def test_enff_run_with_the_shipped_posterior_from_another_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the posterior is found relative to the case, not the working directory
+    args = ["run", CASE, "--filter", "learned", "--out", "run.nc", "--quiet", "--set", "run.cycles=3",
+            "--set", "run.spinup=10"]
+    assert main(args) == 0
+    with open_run(tmp_path / "run.nc") as ds:
+        assert ds.sizes["time"] == 3 and ds.sizes["member"] == 20
+        assert bool(ds["analysis_mean"].notnull().all())
+        assert float(ds["spread_analysis"].min()) > 0  # N distinct draws, not one repeated
+
+
+def test_a_tampered_copy_of_the_shipped_posterior_is_refused_without_running_it(tmp_path, capsys):
+    blob = torch.load(_shipped(), weights_only=True)  # the shipped file itself holds no pickled objects
+    marker, path = tmp_path / "pwned", tmp_path / "tampered.pt"
+    blob["payload"]["estimator"] = _Payload(marker)
+    torch.save(blob, path)
+    with pytest.raises(PosteriorFileError, match="tampered.pt"):
+        load_posterior(path)
+    status = main(["run", CASE, "--filter", "learned", "--out", str(tmp_path / "run.nc"), "--quiet",
+                   "--set", f"filter.posterior='{path}'", "--set", "run.cycles=2", "--set", "run.spinup=10"])
+    assert status != 0 and "tampered.pt" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "run.nc").exists()
+
+
+def test_the_shipped_draws_are_calibrated_on_a_held_out_truth():
+    """One-step calibration: the forecasts of the case's LETKF on seed 0 (training used seeds 1-8); for a
+    calibrated posterior the truth is one more draw, so the members' spread matches their mean's error
+    (expected ratio sqrt(N / (N + 1)) = 0.976 for N = 20)."""
+    case = load_case(CASE, overrides=["run.spinup=1000"])
+    posterior = load_posterior(_shipped())
+    layout = FieldLayout.of(case.model.grid)
+    space = case.observations.space(case.model.grid, dtype=case.run.torch_dtype, device=case.run.torch_device)
+    cycles = [sim for sim in simulate_cycles(case, 0, 60) if sim.cycle > 20]
+    fields = [observation_field(sim.observation, space, layout) for sim in cycles]
+    context = FieldContext(torch.stack([v for v, _ in fields]), torch.stack([m for _, m in fields]),
+                           torch.stack([layout.to_channels(sim.forecast) for sim in cycles]))
+    truth = torch.stack([layout.to_channels(sim.truth[None])[0] for sim in cycles]).float()
+    draws = posterior.sample(20, context, generator=torch.Generator().manual_seed(0))  # (20, B, 1, 40)
+    rmse = (draws.mean(0) - truth).pow(2).mean().sqrt()
+    spread = draws.var(0).mean().sqrt()
+    assert 0.8 <= float(spread / rmse) <= 1.2, (float(spread), float(rmse))
+    forecast_rmse = (context.forecast.mean(1) - truth).pow(2).mean().sqrt()
+    assert rmse < forecast_rmse  # the analysis uses the observations
