@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from enff.amortized import load_posterior
-from enff.amortized.field_analysis import FieldContext, FieldPosterior, observation_field
-from enff.amortized.field_data import simulate_cycles
-from enff.amortized.field_network import FieldLayout
+from enff.amortized.field_analysis import FieldPosterior
+from enff.amortized.field_data import simulated_training_set
 from enff.amortized.storage import PosteriorFileError
 from enff.casefile import load_case, shipped_cases
 from enff.cli import main
@@ -70,18 +69,10 @@ def test_the_shipped_draws_are_calibrated_on_a_held_out_truth():
     """One-step calibration: the forecasts of the case's LETKF on seed 0 (training used seeds 1-8); for a
     calibrated posterior the truth is one more draw, so the members' spread matches their mean's error
     (expected ratio sqrt(N / (N + 1)) = 0.976 for N = 20)."""
-    case = load_case(CASE, overrides=["run.spinup=1000"])
-    posterior = load_posterior(_shipped())
-    layout = FieldLayout.of(case.model.grid)
-    space = case.observations.space(case.model.grid, dtype=case.run.torch_dtype, device=case.run.torch_device)
-    cycles = [sim for sim in simulate_cycles(case, 0, 60) if sim.cycle > 20]
-    fields = [observation_field(sim.observation, space, layout) for sim in cycles]
-    context = FieldContext(torch.stack([v for v, _ in fields]), torch.stack([m for _, m in fields]),
-                           torch.stack([layout.to_channels(sim.forecast) for sim in cycles]))
-    truth = torch.stack([layout.to_channels(sim.truth[None])[0] for sim in cycles]).float()
-    draws = posterior.sample(20, context, generator=torch.Generator().manual_seed(0))  # (20, B, 1, 40)
-    rmse = (draws.mean(0) - truth).pow(2).mean().sqrt()
+    data = simulated_training_set(load_case(CASE), [0], 60, burn_in=20)  # the case's LETKF cycled on seed 0
+    draws = load_posterior(_shipped()).sample(20, data.context, generator=torch.Generator().manual_seed(0))
+    rmse = (draws.mean(0) - data.truth).pow(2).mean().sqrt()  # draws (20, 40 analyses, 1 field, 40 points)
     spread = draws.var(0).mean().sqrt()
     assert 0.8 <= float(spread / rmse) <= 1.2, (float(spread), float(rmse))
-    forecast_rmse = (context.forecast.mean(1) - truth).pow(2).mean().sqrt()
+    forecast_rmse = (data.context.forecast.mean(1) - data.truth).pow(2).mean().sqrt()
     assert rmse < forecast_rmse  # the analysis uses the observations

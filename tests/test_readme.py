@@ -39,6 +39,7 @@ SHORTER = {
     "--burn-in 100": "--burn-in 3",  # burn-ins of 500- and 2000-cycle runs
     "seeds = [0, 1, 2]": "seeds = [0]",  # the sweep spec: 14 runs instead of 42
     "for seed in 1 2 3 4 5 6 7 8;": "for seed in 1 2;",  # two training runs of the learned analysis
+    "--seeds 1 2 3 4 5 6 7 8 --cycles 1000": "--seeds 1 --cycles 40",  # the field analysis: one short training run
 }
 #: A bash function in front of the ``enff`` console script: the shortening of ``enff run`` and ``enff learn``.
 PRELUDE = f"""
@@ -62,6 +63,7 @@ SETUP = {
 #: README lines whose runs may lose track once shortened -> why.
 LOSES_TRACK_SHORTENED = {
     "enff run l63 --filter learned": f"its posterior trained for {EPOCHS} epochs only",
+    "--set filter.posterior='\"l96s_analysis.pt\"'": f"its posterior trained for {EPOCHS} epochs only",
 }
 _DURATION = re.compile(r"#.*\d\s*(s|min|h)\b")
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
