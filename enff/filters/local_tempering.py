@@ -35,7 +35,10 @@ every local analysis runs its K steps in its own ensemble space, the particles a
 the forecast mean plus the forecast anomalies times its own accumulated ``N x N`` coefficients
 (:func:`local_frame_update`); for linear ``h`` the steps then compose to its LETKF analysis exactly at any
 radius (the global argument above, per local problem), and ``h`` (pointwise operators only) is re-linearized at
-the local particles. With ``radius = inf`` the two frames coincide. Inflation,
+the local particles. With ``radius = inf`` the two frames coincide. Measured
+(``benchmarks/results/tempered_ks512_gap.md``): on ks512_atan the shared frame with ``K = 4`` is 1.1 % above the
+LETKF, as much with linear ``h``, the local frame 0.1 %; on a strongly nonlinear Lorenz-96 setting the shared
+frame kept track in every seed and the local one did not. Inflation,
 relaxation to prior spread and adaptive observation-error inflation are those of the classical filters
 (:class:`~enff.filters.kalman.EnsembleKalmanFilter`); the error std that adaptive inflation chooses from the
 forecast is kept for every step.
@@ -176,8 +179,8 @@ class LEnFFTempered(EnsembleKalmanFilter):
         Gaspari-Cohn half-width of every step's local analyses in model length units (required; ``inf`` =
         global), the same meaning as the LETKF's.
     steps:
-        ``K``, the number of tempering steps (``K = 1`` is the LETKF); each costs one LETKF analysis and one
-        evaluation of ``h`` on the ensemble.
+        ``K``, the number of tempering steps (``K = 1`` is the LETKF); in the shared frame each costs one LETKF
+        analysis and one evaluation of ``h`` on the ensemble.
     schedule:
         How the path is divided (:data:`TemperingSchedule`).
     frame:
