@@ -139,3 +139,16 @@ def test_local_domains_group_colocated_elements_with_the_per_element_lists(name)
     assert domains.elements.shape == (direct.active.size // fields, fields)
     points = grid.points()[domains.elements]  # (domain, field, ndim): each domain's elements share one point
     np.testing.assert_array_equal(points, np.broadcast_to(points[:, :1], points.shape))
+
+
+def test_local_domains_built_in_blocks_equal_one_block(monkeypatch):
+    from enff.filters import localization
+
+    grid, operator, _, std, radius = CASES["colocated-fields-obs-space"]
+    obs = ObservationSpace(operator, torch.as_tensor(std), grid, grid.shape)
+    sources = np.asarray(obs.state_index)
+    whole = localization._build_domains(grid, sources, radius)
+    monkeypatch.setattr(localization, "PAIR_BLOCK", 7)  # a few locations per block
+    blocks = localization._build_domains(grid, sources, radius)
+    for name in ("elements", "index", "weight"):
+        np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name))

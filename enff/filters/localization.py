@@ -123,8 +123,14 @@ def taper_pairs(grid: Grid, a: np.ndarray, b: np.ndarray, radius: float) -> tupl
     ``(ia, ib, weight)``: indices into ``a`` and ``b`` and the taper of each pair, each of shape
     ``(n_pairs,)``, sorted by ``ia`` then ``ib``.
     """
+    return _tapered_pairs(grid, a, b, _tree(grid, b, 2.0 * radius), radius)
+
+
+def _tapered_pairs(grid: Grid, a: np.ndarray, b: np.ndarray, b_tree: cKDTree, radius: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`taper_pairs` with the k-d tree of ``b`` built once by the caller (``_tree(grid, b, 2 * radius)``)."""
     cutoff = 2.0 * radius
-    pairs = _tree(grid, a, cutoff).sparse_distance_matrix(_tree(grid, b, cutoff), cutoff, output_type="ndarray")
+    pairs = _tree(grid, a, cutoff).sparse_distance_matrix(b_tree, cutoff, output_type="ndarray")
     ia = pairs["i"].astype(np.int64)
     ib = pairs["j"].astype(np.int64)
     weight = gaspari_cohn(grid.distance(a[ia], b[ib]), radius)
@@ -203,10 +209,17 @@ class LocalDomains:
         return LocalObservations(element[order], self.index[domain[order]], self.weight[domain[order]])
 
 
-def _colocated(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of ``points`` ``(n, ndim)`` and, for each point, the row it is, ``(n,)``."""
-    unique, inverse = np.unique(points, axis=0, return_inverse=True)
-    return unique, inverse.reshape(-1).astype(np.int64)
+def _distinct_locations(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct positions of the state elements and the one each element is at.
+
+    Elements share a position only where an axis repeats a value (a field axis of zero extent), so the
+    distinct positions are the mesh of each axis' distinct values. Returns their coordinates
+    ``(n_locations, ndim)`` and each flat element's location ``(d,)`` int64.
+    """
+    distinct, ids = zip(*(np.unique(values, return_inverse=True) for values in grid.axes))
+    located = Grid(tuple(distinct), grid.lengths)
+    mesh = np.meshgrid(*(np.asarray(i).reshape(-1) for i in ids), indexing="ij")
+    return located.points(), np.ravel_multi_index([m.reshape(-1) for m in mesh], located.shape).astype(np.int64)
 
 
 def _csr(groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,19 +242,52 @@ def _expand(pair_group: np.ndarray, order: np.ndarray, starts: np.ndarray
     return pair, order[starts[pair_group[pair]] + slot], slot
 
 
-def _build_domains(grid: Grid, points: np.ndarray, locations: np.ndarray, radius: float) -> LocalDomains:
-    """:class:`LocalDomains` from the state points ``(d, ndim)`` and observation locations ``(n_obs, ndim)``.
+#: Pairs of a state location and an observation gathered at once while the local domains are built; bounds
+#: the set-up's memory (about 100 bytes a pair) at large d.
+PAIR_BLOCK = 1 << 23
+
+
+def _location_rows(grid: Grid, state_at: np.ndarray, obs_at: np.ndarray, obs_row: np.ndarray, radius: float
+                   ) -> LocalObservations:
+    """Local observations (ascending) and tapers of each distinct state location ``state_at`` ``(n, ndim)``.
+
+    ``obs_at`` are the distinct observation locations and ``obs_row`` ``(n_obs,)`` the one each observation
+    is at. Blocks of state locations are paired with all observation locations in turn, each block about
+    :data:`PAIR_BLOCK` pairs (sized by the pairs per location seen so far); ``active`` indexes ``state_at``.
+    """
+    obs_tree = _tree(grid, obs_at, 2.0 * radius)
+    obs_order, obs_starts = _csr(obs_row, obs_at.shape[0])
+    blocks: list[LocalObservations] = []
+    start, size = 0, 1 << 12
+    while start < state_at.shape[0]:
+        stop = min(state_at.shape[0], start + size)
+        ia, ib, taper = _tapered_pairs(grid, state_at[start:stop], obs_at, obs_tree, radius)
+        pair, observation, _ = _expand(ib, obs_order, obs_starts)
+        location = ia[pair] + start
+        order = np.lexsort((observation, location))
+        blocks.append(LocalObservations.from_pairs(location[order], observation[order], taper[pair][order]))
+        size = max(1, int(PAIR_BLOCK * (stop - start) / max(pair.size, 1)))
+        start = stop
+    width = max(block.index.shape[1] for block in blocks)
+
+    def padded(part: np.ndarray) -> np.ndarray:
+        return np.pad(part, ((0, 0), (0, width - part.shape[1])))
+
+    return LocalObservations(np.concatenate([block.active for block in blocks]),
+                             np.concatenate([padded(block.index) for block in blocks]),
+                             np.concatenate([padded(block.weight) for block in blocks]))
+
+
+def _build_domains(grid: Grid, sources: np.ndarray, radius: float) -> LocalDomains:
+    """:class:`LocalDomains` of the state on ``grid`` observed at flat state indices ``sources`` ``(n_obs,)``.
 
     Tapers are computed once per pair of distinct state and observation locations (co-located fields
     share them), then expanded to the observations at each location.
     """
-    state_at, state_row = _colocated(points)
-    obs_at, obs_row = _colocated(locations)
-    ia, ib, taper = taper_pairs(grid, state_at, obs_at, radius)
-    pair, observation, _ = _expand(ib, *_csr(obs_row, obs_at.shape[0]))
-    location, weight = ia[pair], taper[pair]
-    order = np.lexsort((observation, location))
-    rows = LocalObservations.from_pairs(location[order], observation[order], weight[order])
+    state_at, state_row = _distinct_locations(grid)
+    seen, obs_row = np.unique(state_row[sources], return_inverse=True)
+    obs_at, obs_row = state_at[seen], obs_row.reshape(-1).astype(np.int64)
+    rows = _location_rows(grid, state_at, obs_at, obs_row, radius)
     element_order, element_starts = _csr(state_row, state_at.shape[0])
     counts = element_starts[rows.active + 1] - element_starts[rows.active]
     width = int(counts.max()) if counts.size else 0
@@ -340,7 +386,7 @@ def local_domains(obs: ObservationSpace, radius: float) -> LocalDomains:
     if not math.isfinite(radius):
         raise ValueError("radius must be finite to build local observation lists (inf means global)")
     return cached(_geometry_key("domains", obs, radius),
-                  lambda: _build_domains(obs.grid, obs.grid.points(), obs.locations, radius))
+                  lambda: _build_domains(obs.grid, np.asarray(obs.state_index, dtype=np.int64), radius))
 
 
 def local_observation_tensors(obs: ObservationSpace, radius: float, device: torch.device | str, dtype: torch.dtype
