@@ -12,11 +12,13 @@ The guidance (``-lambda grad E`` at the predicted end point, arctan observations
 in l96_1e6_atan) is the same function for both. The script asserts that the two velocities agree to
 float32 tolerance and that the batched step is at least 10x faster at d = 1e6. It also reports how the
 time grows with N and d, and the step's memory traffic against the bandwidth of a large tensor copy
-measured in the same run.
+measured in the same run, and where a step's time goes at the largest d (:func:`breakdown`: the velocity's
+squared distances and matrix product, the guidance's observation operator and gradient, each timed alone beside a
+copy and a plain matrix product of the same shape, in passes over the ensemble and in GFLOP/s).
 
 Usage::
 
-    python benchmarks/enff_speed.py [--threads 2] [--repeats 5] [--quick]
+    python benchmarks/enff_speed.py [--threads 2] [--repeats 5] [--quick] [--breakdown-only]
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from _common import time_call, write_results  # noqa: E402
 
 from enff.filters.guidance import LocalGuidance  # noqa: E402
 from enff.filters.paths import OTPath  # noqa: E402
-from enff.filters.velocity import marginal_velocity  # noqa: E402
+from enff.filters.likelihood import likelihood_gradient, member_blocks, states  # noqa: E402
+from enff.filters.velocity import marginal_velocity, mixture_weights, squared_distances  # noqa: E402
 from enff.models.base import Grid  # noqa: E402
 from enff.observations.operators import ATan  # noqa: E402
 from enff.observations.space import ObservationSpace  # noqa: E402
@@ -158,6 +161,42 @@ def compare(d: int, repeats: int, bandwidth: float) -> dict[str, Any]:
     }
 
 
+def breakdown(d: int, repeats: int, bandwidth: float) -> dict[str, Any]:
+    """Where one batched step's time goes at ``d``, N = MEMBERS: each part timed alone (interleaved), in seconds
+    and in passes over an ``N x d`` float32 array at copy bandwidth, beside a copy and a plain matrix product of
+    the velocity's shape (its flop rate says whether the part is bound by arithmetic or by memory)."""
+    p = problem(MEMBERS, d)
+    path, x, x1, obs, y, out = p["path"], p["x"], p["x1"], p["obs"], p["y"], p["out"]
+    a, _ = path.mean_coefficients(FLOW_TIME)
+    weights = mixture_weights(squared_distances(x, x1, a=a), path.std(FLOW_TIME)).to(DTYPE)
+    velocity = batched_velocity(path, FLOW_TIME, x, x1, out).clone()
+    blocks = member_blocks(MEMBERS, d)
+    parts: dict[str, Callable[[], Any]] = {
+        "copy (read + write)": lambda: out.copy_(x),
+        "velocity: squared distances (chunked centred Gram, float64 sums)": lambda: squared_distances(x, x1, a=a),
+        "velocity: W x1 + c x (addmm)": lambda: torch.addmm(x, weights, x1, beta=0.5, alpha=0.5, out=out),
+        "plain matrix product W x1 (mm)": lambda: torch.mm(weights, x1, out=out),
+        "velocity (whole)": lambda: batched_velocity(path, FLOW_TIME, x, x1, out),
+        "guidance: h(x) alone (arctan)": lambda: [obs.h(states(x[block], obs)) for block in blocks],
+        "guidance: likelihood gradient (autograd through h)": lambda: [likelihood_gradient(x[block], y, obs)
+                                                                        for block in blocks],
+        "guidance (whole: end point, gradient, add)": lambda: LocalGuidance(scale=GUIDANCE_SCALE).add_force(
+            velocity, x, FLOW_TIME, y, obs),
+        "step (velocity + guidance)": lambda: step(batched_velocity, p),
+    }
+    median = {name: statistics.median(ts) for name, ts in interleaved(parts, repeats).items()}
+    array_bytes = MEMBERS * d * DTYPE.itemsize
+    flops = 2 * MEMBERS**2 * d  # one N x N x d matrix product
+    return {
+        "d": d,
+        "seconds": median,
+        "passes": {name: t * bandwidth / array_bytes for name, t in median.items()},
+        "gflops_per_matrix_product": {name: flops / median[name] / 1e9 for name in
+                                      ("velocity: squared distances (chunked centred Gram, float64 sums)",
+                                       "velocity: W x1 + c x (addmm)", "plain matrix product W x1 (mm)")},
+    }
+
+
 def n_sweep(repeats: int) -> list[dict[str, Any]]:
     """Batched step and velocity time against N at d = N_SWEEP_D."""
     rows = []
@@ -220,7 +259,40 @@ def markdown(payload: dict[str, Any]) -> str:
     ]
     for r in payload["n_sweep"]:
         lines.append(f"| {r['n']} | {r['seconds']['batched_velocity']:.4f} | {r['seconds']['batched_step']:.4f} |")
+    if "breakdown" in payload:
+        lines += ["", *breakdown_lines(payload["breakdown"], payload["repeats"])]
     return "\n".join(lines)
+
+
+def breakdown_lines(b: dict[str, Any], repeats: int) -> list[str]:
+    """The Markdown table of :func:`breakdown`."""
+    lines = [
+        f"Where a step's time goes at d = {b['d']:,}, N = {MEMBERS} (each part timed alone, interleaved, median of "
+        f"{repeats}; passes = time x copy bandwidth / (N d x 4 bytes); GFLOP/s for the parts with one N x N x d "
+        "matrix product's worth of flops, 2 N^2 d):",
+        "",
+        "| part | seconds | passes | GFLOP/s |",
+        "|---|---|---|---|",
+    ]
+    for name, seconds in b["seconds"].items():
+        rate = b["gflops_per_matrix_product"].get(name)
+        lines.append(f"| {name} | {seconds:.4f} | {b['passes'][name]:.1f} | {'' if rate is None else f'{rate:.1f}'} |")
+    return lines
+
+
+def write_breakdown(name: str, parts: dict[str, Any], bandwidth: float, repeats: int) -> None:
+    """``results/<name>_breakdown.json`` and ``.md``: :func:`breakdown` alone, with the load average."""
+    load = os.getloadavg()
+    header = [f"# EnFF step: where the time goes (torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+              f"float32)", "",
+              f"Copy bandwidth measured in the same run: {bandwidth / 1e9:.1f} GB/s. Load average (1, 5, 15 min) at the "
+              f"end: {', '.join(f'{v:.1f}' for v in load)} on {os.cpu_count()} shared cores: absolute times are "
+              "inflated, the parts were interleaved so their ratios compare.", ""]
+    payload = {"repeats": repeats, "copy_bandwidth_gb_s": bandwidth / 1e9, "load_average_1_5_15": load,
+               "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}, "breakdown": parts}
+    json_path, md_path = write_results(f"{name}_breakdown", payload, "\n".join(header + breakdown_lines(parts, repeats)))
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
 
 
 def main() -> None:
@@ -229,13 +301,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="d up to 1e5 only, no assertion on the speed-up")
     parser.add_argument("--name", default="enff_speed", help="results/<name>.json and .md")
+    parser.add_argument("--breakdown-only", action="store_true",
+                        help="only the per-part breakdown at the largest d (results/<name>_breakdown.*)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     dims = [d for d in DIMENSIONS if not args.quick or d < 1_000_000]
     bandwidth = copy_bandwidth()
+    if args.breakdown_only:
+        write_breakdown(args.name, breakdown(max(dims), args.repeats, bandwidth), bandwidth, args.repeats)
+        return
     rows = [compare(d, args.repeats, bandwidth) for d in dims]
     sweep = n_sweep(args.repeats)
+    parts = breakdown(max(dims), args.repeats, bandwidth)
     load = os.getloadavg()
     payload = {
         "repeats": args.repeats,
@@ -246,6 +324,7 @@ def main() -> None:
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")},
         "dimensions": rows,
         "n_sweep": sweep,
+        "breakdown": parts,
         "exponent_d": growth_exponent([r["d"] for r in rows], [r["seconds"]["batched_step"] for r in rows]),
         "exponent_n_velocity": growth_exponent(
             [r["n"] for r in sweep], [r["seconds"]["batched_velocity"] for r in sweep]

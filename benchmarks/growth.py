@@ -50,9 +50,9 @@ FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
     "bpf": ("bpf", {"jitter": 0.1}),
 }
 D_SWEEP = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
-#: Largest d per filter where it is below ``D_SWEEP``'s: the LETKF peaked at 2.6 GiB resident at d = 1e6 (about
-#: 2.2 kB per state variable, most of it while its neighbour lists are built), so d = 1e7 would need about 22 GiB,
-#: more than the shared 24 GiB machine has free.
+#: Largest d per filter where it is below ``D_SWEEP``'s. The LETKF at d = 1e7 takes two calls of 7-10 minutes each
+#: on the loaded 2-core machine (40 s at d = 1e6), and when growth.json was measured its neighbour-list set-up
+#: would have needed about 22 GiB there (2.6 GiB resident at 1e6); since commit 53e3455 it peaks at 7.9 GB.
 MAX_D = {"letkf": 1_000_000}
 D_SWEEP_N = 20
 N_SWEEP = (10, 20, 40, 80)
@@ -149,7 +149,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "loads, much less.",
         "",
         f"Largest d measured: {max(r['d'] for r in payload['rows']):,}"
-        + "".join(f"; {label} only up to {d:,} (memory: see `MAX_D` in benchmarks/growth.py)"
+        + "".join(f"; {label} only up to {d:,} (time and memory: see `MAX_D` in benchmarks/growth.py)"
                   for label, d in MAX_D.items() if d < max(r["d"] for r in payload["rows"])) + ".",
         "",
         f"| filter | exponent in d (d >= {FIT_MIN_D:,}) | exponent in d (all d) | exponent in N (d = {N_SWEEP_D:,}) "

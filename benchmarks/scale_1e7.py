@@ -17,11 +17,12 @@ sizes measured with each filter (peak = base + bytes per variable x d).
 
 Usage::
 
-    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/scale_1e7.py [--dims 1000000 10000000]
-        [--cycles 2 10] [--only letkf] [--workdir /tmp/scale]
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/scale_1e7.py
+        [--runs letkf:1000000:2 enff-f2p:10000000:10 ...] [--workdir /tmp/scale]
 
-writes ``results/scale_1e7.json`` and ``results/scale_1e7.md`` (``--name`` changes the stem); the run files go
-to ``--workdir`` and are deleted after they have been read.
+``--runs`` lists ``filter:d:cycles`` in the order they run (default :data:`RUNS`). The results,
+``results/scale_1e7.json`` and ``results/scale_1e7.md`` (``--name`` changes the stem), are rewritten after
+every run; the run files go to ``--workdir`` and are deleted after they have been read.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ FILTERS: dict[str, tuple[str, list[str]]] = {
     "letkf": ("letkf", ["filter.line_search=false"]),
     "enff-f2p": ("enff-f2p", []),
 }
+#: The default ``--runs``: each filter at 1e6 (the second point of the memory line), then at 1e7.
+RUNS = ("letkf:1000000:2", "enff-f2p:1000000:2", "enff-f2p:10000000:10", "letkf:10000000:10")
 MEMORY_GIB = 24.0
 THREADS = 1
 
@@ -183,9 +186,8 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--cycles", type=int, nargs="+", default=[2, 10], help="cycles at each of --dims")
-    parser.add_argument("--only", nargs="+", choices=list(FILTERS))
+    parser.add_argument("--runs", nargs="+", type=_run_spec, default=[_run_spec(r) for r in RUNS],
+                        metavar="FILTER:D:CYCLES")
     parser.add_argument("--memory-gib", type=float, default=MEMORY_GIB)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/enff_scale"))
     parser.add_argument("--name", default="scale_1e7")
@@ -195,23 +197,32 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(*json.loads(args.one), args.workdir)))
         return
-    if len(args.cycles) != len(args.dims):
-        parser.error("--cycles needs one count per --dims value")
     for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):  # one thread in every run's interpreter
         os.environ[name] = str(THREADS)
-    rows = []
-    for d, cycles in zip(args.dims, args.cycles):
-        for label in (label for label in FILTERS if not args.only or label in args.only):
-            rows.append(run_in_subprocess(label, d, cycles, args.workdir))
-            print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, list)}), flush=True)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    payload = {"case": CASE, "spinup_steps": SPINUP, "threads": THREADS, "memory_gib": args.memory_gib,
-               "memory_total_gib": memory, "rows": rows, "largest_fitting": largest_fitting(rows, args.memory_gib)}
-    summary = markdown({**payload, "machine": machine(),
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    json_path, md_path = write_results(args.name, payload, summary)
+    rows: list[dict[str, Any]] = []
+    for label, d, cycles in args.runs:
+        rows.append(run_in_subprocess(label, d, cycles, args.workdir))
+        print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, list)}), flush=True)
+        payload = {"case": CASE, "spinup_steps": SPINUP, "threads": THREADS, "memory_gib": args.memory_gib,
+                   "memory_total_gib": memory, "rows": rows, "largest_fitting": largest_fitting(rows, args.memory_gib)}
+        summary = markdown({**payload, "machine": machine(),
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        json_path, md_path = write_results(args.name, payload, summary)  # after every run: a stopped job keeps them
     print(summary)
     print(f"wrote {json_path} and {md_path}")
+
+
+def _run_spec(text: str) -> tuple[str, int, int]:
+    """``"filter:d:cycles"`` -> ``(filter, d, cycles)``, the filter one of :data:`FILTERS`."""
+    try:
+        label, d, cycles = text.split(":")
+        spec = (label, int(d), int(cycles))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FILTER:D:CYCLES, got {text!r}") from None
+    if label not in FILTERS or spec[1] < 1 or spec[2] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the filter is one of {', '.join(FILTERS)}, d and cycles >= 1")
+    return spec
 
 
 if __name__ == "__main__":
