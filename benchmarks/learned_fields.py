@@ -97,10 +97,10 @@ def markdown(rows: list[dict], steps: list[dict], trained: dict, args: argparse.
         f"{os.getloadavg()[0]:.1f}). {source} Sampling: RK4 with {trained['solver_steps']} steps. Held-out seeds "
         f"{args.eval_seeds}, {args.cycles} cycles, scores after {args.cycles // 10}: mean ± standard error over "
         "the seeds; spread / RMSE is the mean of the per-seed ratios.",
-        "",
-        "| filter | RMSE | spread | spread / RMSE | CRPS | s/analysis | RMSE per seed |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if rows:
+        lines += ["", "| filter | RMSE | spread | spread / RMSE | CRPS | s/analysis | RMSE per seed |",
+                  "|---|---|---|---|---|---|---|"]
     for label in dict.fromkeys(r["filter"] for r in rows):
         mine = [r for r in rows if r["filter"] == label]
         cells = [mean_se([r[key] for r in mine]) for key in ("rmse_analysis", "spread_analysis")]
