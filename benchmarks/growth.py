@@ -51,7 +51,7 @@ FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 D_SWEEP = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
 #: Largest d per filter where it is below ``D_SWEEP``'s. The LETKF at d = 1e7 takes two calls of 7-10 minutes each
-#: on the loaded 2-core machine (40 s at d = 1e6), and when growth.json was measured its neighbour-list set-up
+#: on the loaded 2-core machine (13-40 s at d = 1e6), and when growth.json was measured its neighbour-list set-up
 #: would have needed about 22 GiB there (2.6 GiB resident at 1e6); since commit 53e3455 it peaks at 7.9 GB.
 MAX_D = {"letkf": 1_000_000}
 D_SWEEP_N = 20
