@@ -12,8 +12,13 @@ from enff.sweep import local_cluster
 WITH_EXPECTED = sorted(name for name in shipped_cases() if expected_scores(name))
 
 
-def test_the_small_shipped_cases_record_their_scores():
-    assert {"l63", "l96_40_quick", "ks512_atan", "ns64_atan"} <= set(WITH_EXPECTED)
+#: Shipped cases without recorded scores yet, and why (issue 18): at d = 1e6 their LETKF takes 13 s (identity) to
+#: about 3 min (arctan, with its line search) per analysis on the shared 2-core machine, so 3 seeds did not fit yet.
+NOT_YET_RECORDED = {"l96_1e6_atan", "l96_1e6_identity"}
+
+
+def test_every_shipped_case_records_its_scores():
+    assert set(shipped_cases()) - NOT_YET_RECORDED == set(WITH_EXPECTED)
 
 
 @pytest.mark.parametrize("table, message", [
