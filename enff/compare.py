@@ -233,7 +233,8 @@ def format_comparison(ds: xr.Dataset) -> str:
             return "nan" if value is None else f"{value:.4g}"
 
         over = " ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "-"
-        lines.append(["*" if row["best"] else "", row["case"], row["filter"], over, str(row["seeds"]),
+        seeds = str(row["seeds"]) + (f" ({row['incomplete']} incomplete)" if row["incomplete"] else "")
+        lines.append(["*" if row["best"] else "", row["case"], row["filter"], over, seeds,
                       str(row["diverged"] + row["failed"]), num(row["rmse"]), num(row["rmse_se"]),
                       num(row["spread"]), num(row["crps"]), num(row["spread_rmse_ratio"]),
                       num(row["analysis_seconds"])])
@@ -241,7 +242,7 @@ def format_comparison(ds: xr.Dataset) -> str:
     text = ["  ".join(cell.ljust(w) if c < 4 else cell.rjust(w) for c, (cell, w) in enumerate(zip(line, widths)))
             for line in lines]
     return "\n".join(text + ["* best mean RMSE of its case and filter (no diverged or failed run); "
-                             "diverged counts failed runs too"])
+                             "diverged counts failed runs too; the scores leave incomplete runs out"])
 
 
 def write_csv(ds: xr.Dataset, path: str | Path) -> None:

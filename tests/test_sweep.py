@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 from enff.cli import main
-from enff.compare import DEFAULT_BURN_IN_NOTE, compare, records
+from enff.compare import DEFAULT_BURN_IN_NOTE, compare, format_comparison, records
 from enff.cycle import run_case
 from enff.runfile import open_run, open_runs
 from enff.runset import read_run_info
@@ -292,6 +292,8 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, client):
         proc.wait()
     partial = [read_run_info(r.path).cycles_done for r in runs if r.path.is_file()]
     assert partial and min(partial) < 400
+    table = format_comparison(compare([r.path for r in runs if r.path.is_file()]))
+    assert f"{len(partial)} ({sum(n < 400 for n in partial)} incomplete)" in table  # the means leave them out
     result = run_sweep(runs, client, progress=False)
     assert [o.status for o in result.outcomes] == ["complete", "complete"], result.outcomes
     assert any(o.cycles_before > 0 for o in result.outcomes)
