@@ -109,6 +109,20 @@ def test_numba_kernel_line_search_equals_torch_path():
     torch.testing.assert_close(numba_out, torch_out, rtol=0, atol=1e-10)
 
 
+def test_line_search_of_colocated_fields_shares_one_step_and_equals_the_per_element_path():
+    # the numba kernel solves one problem per point for the three fields there and shortens its step once;
+    # the torch path solves and searches every element alone: the same analysis to round-off
+    forecast, y, obs = _problem(FIELDS_6X6, ATan(), 10, np.full(108, 0.05), seed=7, spread=0.3)
+    forecast[:, :20] -= 6.0
+    y[:20] = torch.atan(torch.tensor(5.0))
+    numba_out, numba_short = _analysis(forecast, y, obs, 1.2, "numba", line_search=True)
+    torch_out, torch_short = _analysis(forecast, y, obs, 1.2, "torch", line_search=True)
+    assert numba_short == pytest.approx(torch_short) and numba_short > 0
+    torch.testing.assert_close(numba_out, torch_out, rtol=0, atol=1e-10)
+    plain, _ = _analysis(forecast, y, obs, 1.2, "numba")
+    assert not torch.allclose(numba_out, plain)
+
+
 def test_numba_kernel_at_huge_radius_is_the_global_etkf():
     grid, operator, n_members, std, _ = CASES["ring-sparse-varying-std"]
     forecast, y, obs = _problem(grid, operator, n_members, std, seed=7)

@@ -17,7 +17,7 @@ from enff.observations.space import ObservationSpace
 from .base import register
 from .ensemble_space import ObservedEnsemble, square_root_update, square_root_update_and_weights
 from .etkf import ETKF
-from .localization import check_radius, local_domains, local_observation_tensors, local_observations
+from .localization import check_radius, local_domains, local_observation_tensors
 from .step_length import best_step_lengths
 
 __all__ = ["CHUNK_ELEMENTS", "LETKF", "LocalBackend", "letkf_update"]
@@ -137,32 +137,58 @@ def letkf_update(
     if math.isinf(radius):
         return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies), 0.0
     solver = _solver(backend, members.device)
-    whole = solver.whole and pointwise is None
-    active, index, weight = solver.neighbours(obs, radius, members.device, members.dtype, shared=whole)
+    elements, index, weight = solver.neighbours(obs, radius, members.device, members.dtype, )
     analysis = members.clone()
-    n_members = members.shape[0]
-    if whole:
-        chunk = max(1, active.shape[0])  # one call: the kernel needs no gathered copies
-    else:
-        chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * n_members))
+    keep_wbar = pointwise is not None
+    chunk = elements.shape[0] if solver.whole else _rows_per_chunk(index.shape[1], members.shape[0])
     shortened = 0
-    for start in range(0, active.shape[0], chunk):
+    for start in range(0, elements.shape[0], max(1, chunk)):
+        rows = slice(start, start + max(1, chunk))
+        wbar = solver.solve(analysis, anomalies, mean, observed, elements[rows], index[rows], weight[rows],
+                            keep_wbar=keep_wbar)
+        if keep_wbar:
+            shortened += _shorten_steps(analysis, anomalies, mean, observed, elements[rows], index[rows],
+                                        weight[rows], wbar, pointwise, sources)
+    return analysis, shortened / max(1, elements.shape[0])
+
+
+def _rows_per_chunk(width: int, n_members: int) -> int:
+    """Local problems per batch so that their gathered local anomalies hold about ``CHUNK_ELEMENTS`` numbers."""
+    return max(1, CHUNK_ELEMENTS // max(1, width * n_members))
+
+
+def _shorten_steps(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
+                   elements: torch.Tensor | np.ndarray, index: torch.Tensor | np.ndarray,
+                   weight: torch.Tensor | np.ndarray, wbar: torch.Tensor,
+                   pointwise: Callable[[torch.Tensor], torch.Tensor], sources: torch.Tensor) -> int:
+    """Scale the mean increment of each local problem by its best step length (:func:`best_step_lengths`).
+
+    ``elements`` holds the state elements of each local problem, ``(rows,)`` or ``(rows, group)`` padded with
+    ``-1`` (co-located fields share the problem, so its cost and step length); ``index`` and ``weight`` its
+    local observations ``(rows, width)``; ``wbar`` its mean weights ``(rows, N)``. ``analysis`` ``(N, d)``
+    is updated in place, batches of :func:`_rows_per_chunk` problems at a time. Returns how many steps were
+    shortened.
+    """
+    device = analysis.device
+    elements = torch.as_tensor(elements, device=device).reshape(wbar.shape[0], -1)
+    index = torch.as_tensor(index, device=device)
+    weight = torch.as_tensor(weight, device=device, dtype=analysis.dtype)
+    chunk = _rows_per_chunk(index.shape[1], analysis.shape[0])
+    shortened = 0
+    for start in range(0, wbar.shape[0], chunk):
         rows = slice(start, start + chunk)
-        wbar = solver.solve(analysis, anomalies, mean, observed, active[rows], index[rows], weight[rows],
-                            keep_wbar=pointwise is not None)
-        if pointwise is not None:
-            local_index = torch.as_tensor(index[rows], device=members.device)
-            local_weight = torch.as_tensor(weight[rows], device=members.device, dtype=members.dtype)
-            elements = torch.as_tensor(active[rows], device=members.device).reshape(-1)  # one element per row
-            source = sources[local_index]  # (chunk, max_local)
-            increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar)
-            length = best_step_lengths(wbar, mean[source], increment, observed.innovation[local_index],
-                                       observed.mean[local_index], observed.std[local_index], local_weight,
-                                       pointwise)
-            shortened += int((length < 1).sum())
-            columns = analysis[:, elements]
-            analysis[:, elements] = columns + (length.to(members.dtype) - 1) * (columns.mean(dim=0) - mean[elements])
-    return analysis, shortened / max(1, active.shape[0])
+        local_index = index[rows]
+        source = sources[local_index]  # (chunk, width)
+        increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar[rows])
+        length = best_step_lengths(wbar[rows], mean[source], increment, observed.innovation[local_index],
+                                   observed.mean[local_index], observed.std[local_index], weight[rows], pointwise)
+        shortened += int((length < 1).sum())
+        valid = elements[rows] >= 0
+        element = elements[rows][valid]
+        element_length = length[:, None].expand(valid.shape)[valid].to(analysis.dtype)
+        columns = analysis[:, element]
+        analysis[:, element] = columns + (element_length - 1) * (columns.mean(dim=0) - mean[element])
+    return shortened
 
 
 def _torch_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
@@ -201,24 +227,18 @@ def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
     return torch.from_numpy(wbar)
 
 
-def _numba_neighbours(obs: ObservationSpace, radius: float, device: torch.device, dtype: torch.dtype, *,
-                      shared: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The numba kernel reads the cached NumPy neighbour lists directly (``device`` and ``dtype`` unused).
-
-    ``shared``: one row per grid location, its co-located elements side by side
-    (:func:`~enff.filters.localization.local_domains`: one eigenproblem for all fields at a point); otherwise
-    one row per element, ``(n_active, 1)``, as the line search needs.
-    """
-    if shared:
-        domains = local_domains(obs, radius)
-        return domains.elements, domains.index, domains.weight
-    local = local_observations(obs, radius)
-    return local.active[:, None], local.index, local.weight
+def _numba_neighbours(obs: ObservationSpace, radius: float, device: torch.device, dtype: torch.dtype
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per grid location, its co-located elements side by side
+    (:func:`~enff.filters.localization.local_domains`: one eigenproblem for all fields at a point); the
+    kernel reads the cached NumPy lists directly (``device`` and ``dtype`` unused)."""
+    domains = local_domains(obs, radius)
+    return domains.elements, domains.index, domains.weight
 
 
-def _torch_neighbours(obs: ObservationSpace, radius: float, device: torch.device, dtype: torch.dtype, *,
-                      shared: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One row per element (``shared`` unused: the batched eigh path solves every element's problem)."""
+def _torch_neighbours(obs: ObservationSpace, radius: float, device: torch.device, dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One row per element (the batched eigh path solves every element's problem)."""
     return local_observation_tensors(obs, radius, device, dtype)
 
 
@@ -226,8 +246,8 @@ def _torch_neighbours(obs: ObservationSpace, radius: float, device: torch.device
 class _LocalSolver:
     """How one backend finds the local observations and solves a chunk of local analyses.
 
-    ``whole``: without a line search, all elements go to one ``solve`` call (no gathered copies), with
-    co-located elements sharing one local problem (``neighbours(..., shared=True)``).
+    ``whole``: all local problems go to one ``solve`` call (no gathered copies; the line search then takes
+    them in batches); otherwise ``solve`` takes batches of :func:`_rows_per_chunk` problems.
     """
 
     neighbours: Callable[..., tuple]
