@@ -17,6 +17,9 @@ Usage::
 backend side by side, the batched torch eigen-decompositions and the numba kernel, on the ring of
 ``--max-d`` points (radius 4) and on the 256 x 256 grid (radius ``NS256_RADIUS``), and writes ``letkf_speed.json``
 and ``letkf_speed.md`` (with the load average before and after) unless ``--out`` says otherwise.
+``--suite line-search`` times the LETKF (numba kernel) with and without its line search on the ring of
+``--max-d`` points observed through ``arctan`` with error std ``ATAN_STD`` (the ``l96_1e6_atan`` setting, where
+the forecast spread of 1 makes many linearized steps overshoot), and writes ``letkf_line_search_speed.{json,md}``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,16 @@ def localized_cases(max_d: int) -> list[dict[str, Any]]:
 
 #: The tuned LETKF radius of the ns256_atan case (cases/ns256_atan.toml), 3.2 cells of the 256 x 256 grid.
 NS256_RADIUS = 0.025
+#: Observation error std of the arctan observations of ``--suite line-search`` (that of ``l96_1e6_atan``).
+ATAN_STD = 0.05
+
+
+def line_search_cases(max_d: int) -> list[dict[str, Any]]:
+    """The LETKF (numba kernel) on the arctan ring of ``max_d`` points, without and with its line search."""
+    return [{"filter": "letkf", "backend": "numba", "operator": "atan", "grid": "ring", "d": max_d,
+             "hyper": {"radius": RING_RADIUS, "line_search": search}} for search in (False, True)]
+
+
 #: Local-analysis backends of ``--suite letkf``, the former (batched torch) one first.
 LETKF_BACKENDS = ("torch", "numba")
 
@@ -104,10 +117,12 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
 
     ``case`` holds ``filter``, ``hyper``, ``grid`` (``"ring"``, ``"256x256"`` or ``"3x256x256"``: three
     co-located fields) and ``d``, optionally ``n``
-    (members, default ``MEMBERS``), ``backend`` (the LETKF's local solver alone) and ``min_repeats``."""
+    (members, default ``MEMBERS``), ``backend`` (the LETKF's local solver alone), ``operator`` (``"atan"``:
+    arctan observations with error std :data:`ATAN_STD`; default every element itself, unit error std) and
+    ``min_repeats``."""
     from enff.filters import get_filter
     from enff.models.base import Grid
-    from enff.observations.operators import Identity
+    from enff.observations.operators import ATan, Identity
     from enff.observations.space import ObservationSpace
 
     if case["grid"] == "ring":
@@ -117,11 +132,14 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
         fields = ((np.zeros(3),), (None,)) if case["grid"] == "3x256x256" else ((), ())
         grid = Grid((*fields[0], axis, axis), (*fields[1], 2.0, 2.0))
     d, members = case["d"], case.get("n", MEMBERS)
-    obs = ObservationSpace(Identity(), torch.ones(d, dtype=dtype, device=device), grid, grid.shape)
+    arctan = case.get("operator") == "atan"
+    std = ATAN_STD if arctan else 1.0
+    obs = ObservationSpace(ATan() if arctan else Identity(), torch.full((d,), std, dtype=dtype, device=device),
+                           grid, grid.shape)
     gen = torch.Generator(device=device).manual_seed(0)
     truth = torch.randn(grid.shape, generator=gen, dtype=dtype, device=device)
     forecast = truth + torch.randn((members, *grid.shape), generator=gen, dtype=dtype, device=device)
-    y = truth.reshape(-1) + torch.randn(d, generator=gen, dtype=dtype, device=device)
+    y = obs.operator(truth[None])[0] + std * torch.randn(d, generator=gen, dtype=dtype, device=device)
     filt = get_filter(case["filter"], **case["hyper"])
     result: list[torch.Tensor] = []
 
@@ -133,8 +151,8 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
         from enff.filters.letkf import letkf_update
 
         observed = observe(forecast, y, obs)
-        result[:] = [letkf_update(forecast.reshape(members, -1), observed, obs, case["hyper"]["radius"],
-                                  backend=case["backend"])[0]]
+        result[:] = letkf_update(forecast.reshape(members, -1), observed, obs, case["hyper"]["radius"],
+                                 line_search=case["hyper"].get("line_search", False), backend=case["backend"])
 
     def once() -> float:
         if device != "cpu":
@@ -153,7 +171,7 @@ def measure(case: dict[str, Any], device: str, dtype: torch.dtype, min_seconds: 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if device != "cpu":
         peak_device = torch.cuda.max_memory_allocated() / 2**20
-    checksum = {"analysis_sum": float(result[0].double().sum())} if result else {}
+    checksum = {"analysis_sum": float(result[0].double().sum()), "shortened_steps": result[1]} if result else {}
     return {
         **case,
         **checksum,
@@ -184,12 +202,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--max-d", type=int, default=max(RING_SIZES))
-    parser.add_argument("--suite", choices=("classical", "localized", "letkf"), default="classical")
+    parser.add_argument("--suite", choices=("classical", "localized", "letkf", "line-search"), default="classical")
     parser.add_argument("--min-repeats", type=int, default=3, help="timed calls after the first one (at least)")
     parser.add_argument("--min-d", type=int, default=0, help="leave out smaller states")
     parser.add_argument("--only", nargs="+", metavar="FILTER", help="time only these filters")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON of a single case
-    parser.add_argument("--out", type=Path, help="default results/classical_speed.json (letkf_speed.json for --suite letkf)")
+    parser.add_argument("--out", type=Path, help="default results/classical_speed.json (letkf_speed.json for --suite "
+                        "letkf, letkf_line_search_speed.json for --suite line-search)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -197,12 +216,13 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.one), args.device, dtype, min_repeats=args.min_repeats)))
         return
     if args.out is None:
-        args.out = RESULTS / ("letkf_speed.json" if args.suite == "letkf" else "classical_speed.json")
+        args.out = RESULTS / {"letkf": "letkf_speed.json", "line-search": "letkf_line_search_speed.json"}.get(
+            args.suite, "classical_speed.json")
     load_before = os.getloadavg()
     baseline = [sys.executable, "-c", "import resource, enff.filters; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"]
     rows = []
     suites = {"classical": cases, "localized": localized_cases,
-              "letkf": lambda max_d: letkf_cases(max_d, args.device)}
+              "letkf": lambda max_d: letkf_cases(max_d, args.device), "line-search": line_search_cases}
     selected = [case for case in suites[args.suite](args.max_d)
                 if case["d"] >= args.min_d and (not args.only or case["filter"] in args.only)]
     for case in selected:
@@ -226,9 +246,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"setup": setup, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
-    if args.suite == "letkf":
+    summaries = {"letkf": letkf_summary, "line-search": line_search_summary}
+    if args.suite in summaries:
         markdown = args.out.with_suffix(".md")
-        markdown.write_text(letkf_summary(setup, rows))
+        markdown.write_text(summaries[args.suite](setup, rows))
         print(f"wrote {markdown}")
 
 
@@ -241,24 +262,35 @@ def _cpu_model() -> str | None:
         return None
 
 
+def _measured_on(setup: dict[str, Any]) -> str:
+    """"Measured <when> on <cpu> (<n> cores, shared with other jobs)" of a result's ``setup``."""
+    return (f"Measured {setup['created']} on {setup['cpu_model'] or setup['machine']} ({setup['cpu_count']} cores, "
+            "shared with other jobs)")
+
+
+def _load(setup: dict[str, Any]) -> str:
+    """The load averages before and after the measurement, as a sentence without its full stop."""
+    return (f"Load average (1, 5, 15 min) before {', '.join(f'{v:.1f}' for v in setup['load_average_before'])}, "
+            f"after {', '.join(f'{v:.1f}' for v in setup['load_average_after'])}")
+
+
+def _table_head(title: str, text: str, columns: list[str]) -> list[str]:
+    """The lines of a summary's title, its paragraph and the head of its table."""
+    return [f"# {title}", "", text, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def letkf_summary(setup: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """Markdown table of ``--suite letkf``: seconds per analysis of each backend and their ratio."""
-    lines = [
-        "# LETKF: seconds per analysis, batched torch eigh against the numba kernel",
-        "",
-        f"Measured {setup['created']} on {setup['cpu_model'] or setup['machine']} ({setup['cpu_count']} cores, "
-        f"shared with other jobs), device {setup['device']}, {setup['torch_threads']} torch thread(s), "
+    lines = _table_head(
+        "LETKF: seconds per analysis, batched torch eigh against the numba kernel",
+        f"{_measured_on(setup)}, device {setup['device']}, {setup['torch_threads']} torch thread(s), "
         f"{setup['dtype']}, N = {setup['members']}, every state element observed (unit error std), "
-        f"torch {setup['torch']}. Load average (1, 5, 15 min) before "
-        f"{', '.join(f'{v:.1f}' for v in setup['load_average_before'])}, after "
-        f"{', '.join(f'{v:.1f}' for v in setup['load_average_after'])}: on a loaded machine every time is "
+        f"torch {setup['torch']}. {_load(setup)}: on a loaded machine every time is "
         "inflated, the ratio much less. One analysis = `observe` + `letkf_update`; the first call also builds "
         "the neighbour lists; `median` over the repeated calls. `analysis sum`: the sum of every analysis "
         "value, the same for both backends to round-off.",
-        "",
-        "| geometry | d | radius | backend | first call (s) | median (s) | repeats | torch / numba | analysis sum |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        ["geometry", "d", "radius", "backend", "first call (s)", "median (s)", "repeats", "torch / numba",
+         "analysis sum"])
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['grid']} | {row['d']:,} | {row['hyper']['radius']:g} | {row['backend']} | "
@@ -270,6 +302,29 @@ def letkf_summary(setup: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['grid']} | {row['d']:,} | {row['hyper']['radius']:g} | {row['backend']} | "
                      f"{row['first_call_s']:.2f} | {row['median_s']:.2f} | {row['repeats']} | {ratio} | "
                      f"{row['analysis_sum']:.10g} |")
+    return "\n".join(lines) + "\n"
+
+
+def line_search_summary(setup: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Markdown table of ``--suite line-search``: seconds per analysis with and without the line search."""
+    text = (f"{_measured_on(setup)}, {setup['torch_threads']} torch thread(s), {setup['dtype']}, N = "
+            f"{setup['members']}, numba kernel, a ring observed through arctan (error std {ATAN_STD:g}) with a "
+            f"forecast spread of 1, torch {setup['torch']}. {_load(setup)}. One analysis = `observe` + "
+            "`letkf_update`; `median` over the repeated calls; `shortened`: the fraction of local steps the "
+            "search shortened.")
+    columns = ["d", "radius", "line search", "first call (s)", "median (s)", "repeats", "/ plain", "shortened",
+               "analysis sum"]
+    lines = _table_head("LETKF with and without its line search: seconds per analysis", text, columns)
+    plain = next((r for r in rows if not r["hyper"].get("line_search") and "error" not in r), None)
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['d']:,} | {row['hyper']['radius']:g} | {row['hyper'].get('line_search')} | "
+                         f"error: {row['error']} | | | | | |")
+            continue
+        ratio = f"{row['median_s'] / plain['median_s']:.2f}" if plain else ""
+        lines.append(f"| {row['d']:,} | {row['hyper']['radius']:g} | {row['hyper'].get('line_search', False)} | "
+                     f"{row['first_call_s']:.2f} | {row['median_s']:.2f} | {row['repeats']} | {ratio} | "
+                     f"{row['shortened_steps']:.3f} | {row['analysis_sum']:.10g} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ from enff.filters.ensemble_space import observe
 from enff.filters.letkf import letkf_update
 from enff.filters.localization import LocalObservations, gaspari_cohn, local_domains, local_observations, taper_pairs
 from enff.models.base import Grid
-from enff.observations.operators import ATan, Identity
+from enff.observations.operators import ATan, Identity, Tanh
 from enff.observations.space import ObservationSpace, Select
 
 from helpers import ring
@@ -30,9 +30,7 @@ def _problem(grid: Grid, operator, n_members: int, std: np.ndarray, seed: int, s
 def _analysis(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace, radius: float, backend: str,
               line_search: bool = False) -> tuple[torch.Tensor, float]:
     observed = observe(forecast.reshape(forecast.shape[0], *obs.state_shape), y, obs)
-    pointwise = obs.operator.pointwise() if line_search else None
-    sources = torch.as_tensor(obs.state_index) if line_search else None
-    return letkf_update(forecast, observed, obs, radius, pointwise=pointwise, sources=sources, backend=backend)
+    return letkf_update(forecast, observed, obs, radius, line_search=line_search, backend=backend)
 
 
 def _dense_reference(forecast: np.ndarray, hx: np.ndarray, y: np.ndarray, std: np.ndarray, taper: np.ndarray
@@ -105,6 +103,18 @@ def test_numba_kernel_line_search_equals_torch_path():
     y[3:6] = torch.atan(torch.tensor(5.0))
     numba_out, numba_short = _analysis(forecast, y, obs, radius, "numba", line_search=True)
     torch_out, torch_short = _analysis(forecast, y, obs, radius, "torch", line_search=True)
+    assert numba_short == torch_short > 0
+    torch.testing.assert_close(numba_out, torch_out, rtol=0, atol=1e-10)
+
+
+def test_line_search_without_a_kernel_form_uses_the_torch_search():
+    # atan then tanh has no form in the step kernel: the numba backend falls back to the torch step search
+    operator = ATan() | Tanh()
+    forecast, y, obs = _problem(ring(24), operator, 10, np.full(24, 0.05), seed=5, spread=0.3)
+    forecast[:, 3:6] -= 6.0
+    y[3:6] = torch.tanh(torch.atan(torch.tensor(5.0)))
+    numba_out, numba_short = _analysis(forecast, y, obs, 2.0, "numba", line_search=True)
+    torch_out, torch_short = _analysis(forecast, y, obs, 2.0, "torch", line_search=True)
     assert numba_short == torch_short > 0
     torch.testing.assert_close(numba_out, torch_out, rtol=0, atol=1e-10)
 

@@ -18,9 +18,10 @@ from .base import register
 from .ensemble_space import ObservedEnsemble, square_root_update, square_root_update_and_weights
 from .etkf import ETKF
 from .localization import check_radius, local_domains, local_observation_tensors
-from .step_length import best_step_lengths
+from ._step_length_numba import PointwiseKind, pointwise_kind, step_lengths
+from .step_length import STEP_HALVINGS, best_step_lengths
 
-__all__ = ["CHUNK_ELEMENTS", "LETKF", "LocalBackend", "letkf_update"]
+__all__ = ["CHUNK_ELEMENTS", "LETKF", "LineSearch", "LocalBackend", "letkf_update"]
 
 #: Size (in numbers) of the gathered local observation anomalies per batch of local analyses.
 CHUNK_ELEMENTS = 1 << 22
@@ -80,21 +81,39 @@ class LETKF(ETKF):
     def _kalman_update(
         self, members: torch.Tensor, observed: ObservedEnsemble, obs: ObservationSpace, *, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        pointwise, sources = self._line_search_inputs(obs, members.device)
         analysis, shortened = letkf_update(members, observed, obs, check_radius(self.radius, required=True),
-                                           pointwise=pointwise, sources=sources)
-        return analysis, ({} if pointwise is None else {"shortened_steps": shortened})
+                                           line_search=self.line_search)
+        return analysis, ({"shortened_steps": shortened} if self.line_search else {})
 
-    def _line_search_inputs(self, obs: ObservationSpace, device: torch.device
-                            ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, torch.Tensor | None]:
-        """The operator's pointwise map and each observation's flat state index, or ``None`` without line search."""
-        if not self.line_search:
-            return None, None
+
+@dataclass(frozen=True)
+class LineSearch:
+    """What the line search needs of the observation operator.
+
+    Attributes
+    ----------
+    pointwise:
+        ``g`` with ``h(x)_j = g(x at j's element)`` (:meth:`~enff.observations.base.ObservationOperator.pointwise`).
+    sources:
+        Flat state index of each observation, ``(p,)`` int64.
+    kernel:
+        ``g`` in the form the numba step kernel evaluates (:func:`~enff.filters._step_length_numba.pointwise_kind`),
+        ``None`` where it has none (the torch search is used).
+    """
+
+    pointwise: Callable[[torch.Tensor], torch.Tensor]
+    sources: torch.Tensor
+    kernel: tuple[PointwiseKind, float] | None
+
+    @classmethod
+    def of(cls, obs: ObservationSpace, device: torch.device) -> LineSearch:
+        """The line search's view of ``obs``; ``ValueError`` unless each observation sees one state element."""
         pointwise = obs.operator.pointwise()
         if pointwise is None:
             raise ValueError(f"line_search needs an observation operator whose observations are each a function "
                              f"of one state element (a chain of selections and pointwise maps), got {obs.operator!r}")
-        return pointwise, torch.as_tensor(obs.state_index, dtype=torch.long, device=device)
+        return cls(pointwise, torch.as_tensor(obs.state_index, dtype=torch.long, device=device),
+                   pointwise_kind(obs.operator))
 
 
 def letkf_update(
@@ -103,8 +122,7 @@ def letkf_update(
     obs: ObservationSpace,
     radius: float,
     *,
-    pointwise: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    sources: torch.Tensor | None = None,
+    line_search: bool = False,
     backend: LocalBackend = "auto",
 ) -> tuple[torch.Tensor, float]:
     """One LETKF analysis of flat members ``(N, d)``, all local analyses batched (global ETKF for ``inf``).
@@ -121,9 +139,9 @@ def letkf_update(
         Observation space of ``observed`` (gives the geometry of the local domains).
     radius:
         Gaspari-Cohn half-width in model length units; ``inf`` gives the global ETKF.
-    pointwise, sources:
-        For the line search (finite radius only): the operator's pointwise map and each observation's flat
-        state index (see :meth:`LETKF._line_search_inputs`); ``None`` for the plain update.
+    line_search:
+        Shorten each local mean step on the local posterior cost (finite radius only, a pointwise operator:
+        :class:`LineSearch`; see :attr:`LETKF.line_search`).
     backend:
         How the local analyses are computed (:data:`LocalBackend`); ``"numba"`` needs CPU tensors.
 
@@ -137,18 +155,19 @@ def letkf_update(
     if math.isinf(radius):
         return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies), 0.0
     solver = _solver(backend, members.device)
-    elements, index, weight = solver.neighbours(obs, radius, members.device, members.dtype, )
+    search = LineSearch.of(obs, members.device) if line_search else None
+    elements, index, weight = solver.neighbours(obs, radius, members.device, members.dtype)
     analysis = members.clone()
-    keep_wbar = pointwise is not None
     chunk = elements.shape[0] if solver.whole else _rows_per_chunk(index.shape[1], members.shape[0])
     shortened = 0
     for start in range(0, elements.shape[0], max(1, chunk)):
         rows = slice(start, start + max(1, chunk))
         wbar = solver.solve(analysis, anomalies, mean, observed, elements[rows], index[rows], weight[rows],
-                            keep_wbar=keep_wbar)
-        if keep_wbar:
+                            keep_wbar=search is not None)
+        if search is not None:
+            use_kernel = solver.step_kernel and search.kernel is not None
             shortened += _shorten_steps(analysis, anomalies, mean, observed, elements[rows], index[rows],
-                                        weight[rows], wbar, pointwise, sources)
+                                        weight[rows], wbar, search, use_kernel)
     return analysis, shortened / max(1, elements.shape[0])
 
 
@@ -159,29 +178,42 @@ def _rows_per_chunk(width: int, n_members: int) -> int:
 
 def _shorten_steps(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
                    elements: torch.Tensor | np.ndarray, index: torch.Tensor | np.ndarray,
-                   weight: torch.Tensor | np.ndarray, wbar: torch.Tensor,
-                   pointwise: Callable[[torch.Tensor], torch.Tensor], sources: torch.Tensor) -> int:
-    """Scale the mean increment of each local problem by its best step length (:func:`best_step_lengths`).
+                   weight: torch.Tensor | np.ndarray, wbar: torch.Tensor, search: LineSearch,
+                   use_kernel: bool) -> int:
+    """Scale the mean increment of each local problem by its best step length.
 
     ``elements`` holds the state elements of each local problem, ``(rows,)`` or ``(rows, group)`` padded with
     ``-1`` (co-located fields share the problem, so its cost and step length); ``index`` and ``weight`` its
-    local observations ``(rows, width)``; ``wbar`` its mean weights ``(rows, N)``. ``analysis`` ``(N, d)``
-    is updated in place, batches of :func:`_rows_per_chunk` problems at a time. Returns how many steps were
-    shortened.
+    local observations ``(rows, width)``; ``wbar`` its mean weights ``(rows, N)`` float64. The step lengths
+    come from the numba kernel (``use_kernel``, CPU, :mod:`~enff.filters._step_length_numba`) or from
+    :func:`best_step_lengths`; ``analysis`` ``(N, d)`` is updated in place, batches of
+    :func:`_rows_per_chunk` problems at a time. Returns how many steps were shortened.
     """
     device = analysis.device
     elements = torch.as_tensor(elements, device=device).reshape(wbar.shape[0], -1)
     index = torch.as_tensor(index, device=device)
-    weight = torch.as_tensor(weight, device=device, dtype=analysis.dtype)
+    weight = torch.as_tensor(weight, device=device, dtype=analysis.dtype)  # the torch search's rounding too
+    if use_kernel:
+        all_lengths = torch.empty(wbar.shape[0], dtype=torch.float64)
+        kind, exponent = search.kernel
+        step_lengths(anomalies.detach().contiguous().numpy(), mean.detach().contiguous().numpy(), wbar.numpy(),
+                     index.numpy(), weight.contiguous().numpy(), search.sources.numpy(),
+                     observed.innovation.detach().contiguous().numpy(), observed.mean.detach().contiguous().numpy(),
+                     observed.std.detach().contiguous().numpy(), int(kind), exponent, STEP_HALVINGS,
+                     all_lengths.numpy())
     chunk = _rows_per_chunk(index.shape[1], analysis.shape[0])
     shortened = 0
     for start in range(0, wbar.shape[0], chunk):
         rows = slice(start, start + chunk)
-        local_index = index[rows]
-        source = sources[local_index]  # (chunk, width)
-        increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar[rows])
-        length = best_step_lengths(wbar[rows], mean[source], increment, observed.innovation[local_index],
-                                   observed.mean[local_index], observed.std[local_index], weight[rows], pointwise)
+        if use_kernel:
+            length = all_lengths[rows]
+        else:
+            local_index = index[rows]
+            source = search.sources[local_index]  # (chunk, width)
+            increment = torch.einsum("ncp,cn->cp", anomalies[:, source].to(wbar.dtype), wbar[rows])
+            length = best_step_lengths(wbar[rows], mean[source], increment, observed.innovation[local_index],
+                                       observed.mean[local_index], observed.std[local_index], weight[rows],
+                                       search.pointwise)
         shortened += int((length < 1).sum())
         valid = elements[rows] >= 0
         element = elements[rows][valid]
@@ -247,18 +279,20 @@ class _LocalSolver:
     """How one backend finds the local observations and solves a chunk of local analyses.
 
     ``whole``: all local problems go to one ``solve`` call (no gathered copies; the line search then takes
-    them in batches); otherwise ``solve`` takes batches of :func:`_rows_per_chunk` problems.
+    them in batches); otherwise ``solve`` takes batches of :func:`_rows_per_chunk` problems. ``step_kernel``:
+    the line search's step lengths by the numba kernel where the operator has its form.
     """
 
     neighbours: Callable[..., tuple]
     solve: Callable[..., torch.Tensor]
     whole: bool
     cpu_only: bool
+    step_kernel: bool
 
 
 _SOLVERS: Mapping[str, _LocalSolver] = MappingProxyType({
-    "numba": _LocalSolver(_numba_neighbours, _numba_chunk, whole=True, cpu_only=True),
-    "torch": _LocalSolver(_torch_neighbours, _torch_chunk, whole=False, cpu_only=False),
+    "numba": _LocalSolver(_numba_neighbours, _numba_chunk, whole=True, cpu_only=True, step_kernel=True),
+    "torch": _LocalSolver(_torch_neighbours, _torch_chunk, whole=False, cpu_only=False, step_kernel=False),
 })
 
 
