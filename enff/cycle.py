@@ -26,7 +26,7 @@ from tqdm import tqdm
 import enff
 from enff import scores
 from enff.config import Case
-from enff.preflight import check_observations_unchanged, observation_checksum
+from enff.preflight import check_inputs_unchanged, input_checksums
 from enff.progress import tqdm_disable
 from enff.runfile import CycleRecord, RunFile, RunFileError, RunFileWriteError, RunLayout, check_run
 from enff.tracking import TrackMonitor, truth_scale
@@ -143,7 +143,7 @@ class Experiment:
             "dtype": str(self.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(),
             "observation_every_steps": self.every,
-            **observation_checksum(self.case),
+            **input_checksums(self.case),
             "history": f"{wallclock.strftime('%Y-%m-%dT%H:%M:%SZ', wallclock.gmtime())} created by enff run",
         }
 
@@ -300,7 +300,7 @@ def _reopen(exp: Experiment, out: Path) -> tuple[RunFile, int, torch.Tensor | No
     attrs = check_run(out).attrs
     if attrs.get("case", "") != exp.case.to_toml():
         raise ValueError(f"{out}: the file was written by a different case; resume with the case stored in it")
-    check_observations_unchanged(out, attrs, exp.case)
+    check_inputs_unchanged(out, attrs, exp.case)
     writer, point = RunFile.reopen(out)
     truth = None if point.truth is None else torch.as_tensor(point.truth, device=exp.device, dtype=exp.dtype)
     return writer, point.cycles_done, truth, torch.as_tensor(point.analysis, device=exp.device, dtype=exp.dtype)

@@ -2,7 +2,7 @@
 
 Each check raises ``ValueError`` with one message naming the file (and the option or case key):
 output paths (:func:`check_output`), run files to resume (:func:`read_run_attributes`), the observation
-file a run was made with (:func:`observation_checksum`, :func:`check_observations_unchanged`) and the
+and posterior files a run was made with (:func:`input_checksums`, :func:`check_inputs_unchanged`) and the
 burn-in of the printed scores (:func:`check_burn_in`).
 """
 
@@ -16,11 +16,13 @@ from typing import Any
 
 from enff.config import Case
 
-__all__ = ["OBSERVATION_CHECKSUM", "check_burn_in", "check_observations_unchanged", "check_output", "existing_inputs",
-           "input_files", "observation_checksum", "read_run_attributes", "sha256"]
+__all__ = ["OBSERVATION_CHECKSUM", "POSTERIOR_CHECKSUM", "check_burn_in", "check_inputs_unchanged", "check_output",
+           "existing_inputs", "input_checksums", "input_files", "read_run_attributes", "sha256"]
 
 #: Run-file attribute holding the sha256 of the observation file a run reads (runs with source = "file").
 OBSERVATION_CHECKSUM = "observation_sha256"
+#: Run-file attribute holding the sha256 of the posterior file the learned analysis reads (``filter.posterior``).
+POSTERIOR_CHECKSUM = "posterior_sha256"
 
 
 def sha256(path: str | Path) -> str:
@@ -35,11 +37,7 @@ def sha256(path: str | Path) -> str:
 def input_files(case: Case) -> dict[Path, str]:
     """The files a run of ``case`` reads, each with what it is: the case file, the observation file
     (``observations.file``) and the learned analysis' posterior (``filter.posterior``), where present."""
-    found = {Path(case.where): "the case file"}
-    if case.observations.input_file is not None:
-        found[case.observations.input_file] = "the observation file (observations.file)"
-    if case.tables["filter"].get("posterior"):
-        found[Path(case.tables["filter"]["posterior"])] = "the posterior file (filter.posterior)"
+    found = {Path(case.where): "the case file", **dict(_checksummed_inputs(case).values())}
     return {path: what for path, what in found.items() if path.is_file()}
 
 
@@ -96,21 +94,36 @@ def read_run_attributes(path: Path) -> dict[str, Any]:
     return attrs
 
 
-def observation_checksum(case: Case) -> dict[str, str]:
-    """``{OBSERVATION_CHECKSUM: sha256}`` of the case's observation file, or ``{}`` for a synthetic twin."""
-    path = case.observations.input_file
-    return {} if path is None else {OBSERVATION_CHECKSUM: sha256(path)}
+def _checksummed_inputs(case: Case) -> dict[str, tuple[Path, str]]:
+    """Run-file attribute -> (file, what it is) of the inputs besides the case whose sha256 a run records."""
+    found = {}
+    if case.observations.input_file is not None:
+        found[OBSERVATION_CHECKSUM] = (case.observations.input_file, "the observation file (observations.file)")
+    if case.tables["filter"].get("posterior"):
+        found[POSTERIOR_CHECKSUM] = (Path(case.tables["filter"]["posterior"]), "the posterior file (filter.posterior)")
+    return found
 
 
-def check_observations_unchanged(path: Path, attrs: Mapping[str, Any], case: Case) -> None:
-    """Refuse to resume the run file ``path`` (global attributes ``attrs``) if the observation file of
-    ``case`` differs from the one it was started with (files written before the checksum was recorded
-    are not checked)."""
-    stored = attrs.get(OBSERVATION_CHECKSUM)
-    current = observation_checksum(case).get(OBSERVATION_CHECKSUM)
-    if stored is not None and stored != current:
-        raise ValueError(f"{path}: cannot resume: the observation file {case.observations.input_file} changed since "
-                         f"the run started (sha256 {current} against {stored} stored in the run file)")
+def input_checksums(case: Case) -> dict[str, str]:
+    """``{attribute: sha256}`` of the observation file and the posterior file a run of ``case`` reads, where it
+    reads them (``{}`` for a synthetic twin with a non-learned filter)."""
+    return {key: sha256(path) for key, (path, _) in _checksummed_inputs(case).items()}
+
+
+def check_inputs_unchanged(path: Path, attrs: Mapping[str, Any], case: Case) -> None:
+    """Refuse to resume the run file ``path`` (global attributes ``attrs``) if the observation or posterior file
+    of ``case`` differs from the one it was started with (files written before a checksum was recorded are
+    not checked for it)."""
+    for key, (source, what) in _checksummed_inputs(case).items():
+        stored = attrs.get(key)
+        if stored is None:
+            continue
+        if not source.is_file():
+            raise ValueError(f"{path}: cannot resume: {what} {source} is missing (the run started with sha256 {stored})")
+        current = sha256(source)
+        if stored != current:
+            raise ValueError(f"{path}: cannot resume: {what} {source} changed since the run started (sha256 "
+                             f"{current} against {stored} stored in the run file)")
 
 
 def check_burn_in(burn_in: int | None, cycles: int | None, option: str = "--burn-in") -> None:

@@ -1,7 +1,9 @@
 """The learned analysis shipped with l96_40_sparse: ``enff run l96_40_sparse --filter learned`` works from any
 working directory with no training, its posterior file is read without unpickling (a tampered copy is refused
-and its code never runs), and its draws are calibrated on a held-out truth (spread / RMSE in [0.8, 1.2])."""
+and its code never runs), and its draws are calibrated on a held-out truth (spread / RMSE in [0.8, 1.2]); the run file records the posterior's
+sha256 and a resume refuses a changed posterior."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from enff.amortized.field_data import simulated_training_set
 from enff.amortized.storage import PosteriorFileError
 from enff.casefile import load_case, shipped_cases
 from enff.cli import main
+from enff.preflight import POSTERIOR_CHECKSUM, sha256
 from enff.runfile import open_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,6 +53,23 @@ def test_enff_run_with_the_shipped_posterior_from_another_directory(tmp_path, mo
         assert ds.sizes["time"] == 3 and ds.sizes["member"] == 20
         assert bool(ds["analysis_mean"].notnull().all())
         assert float(ds["spread_analysis"].min()) > 0  # N distinct draws, not one repeated
+
+
+def test_the_run_file_records_the_posterior_checksum_and_resume_refuses_a_changed_posterior(tmp_path, capsys):
+    posterior, out = tmp_path / "copy.pt", tmp_path / "run.nc"
+    shutil.copyfile(_shipped(), posterior)
+    assert main(["run", CASE, "--filter", "learned", "--out", str(out), "--quiet", "--set",
+                 f"filter.posterior='{posterior}'", "--set", "run.cycles=2", "--set", "run.spinup=10"]) == 0
+    with open_run(out) as ds:
+        assert ds.attrs[POSTERIOR_CHECKSUM] == sha256(posterior) == sha256(_shipped())
+    with posterior.open("ab") as handle:
+        handle.write(b"\0")  # another posterior file under the same name
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["run", "--resume", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "copy.pt changed since the run started" in err and "filter.posterior" in err
+    assert out.read_bytes() == before
 
 
 def test_a_tampered_copy_of_the_shipped_posterior_is_refused_without_running_it(tmp_path, capsys):
