@@ -137,7 +137,8 @@ def main() -> None:
         f"Made by `python benchmarks/sweep_table.py {' '.join(str(p) for p in args.specs)}"
         f"{f' --last {args.last}' if args.last is not None else ''}"
         f"{f' --burn-in {args.burn_in}' if args.burn_in is not None else ''}"
-        f"{f' --published {args.published}' if args.published else ''}`. Machine: "
+        f"{f' --published {args.published}' if args.published else ''}"
+        f"{' --compare-only' if args.compare_only else ''}{f' --name {args.name}' if args.name else ''}`. Machine: "
         f"{info.get('cpu_model', info['processor'])}, {info['cpu_count']} cores, device cpu, one torch thread per run, "
         f"{args.workers} dask workers (seconds per analysis were measured with that many runs at once). Seeds "
         f"{seeds}; scores over {window_text}; mean ± standard error over seeds.",
