@@ -27,6 +27,7 @@ import dataclasses
 import inspect
 import math
 import re
+import tomllib
 import types
 import typing
 from collections.abc import Sequence
@@ -51,7 +52,8 @@ __all__ = ["MAX_SEED", "SECTIONS", "AtLeast", "Between", "Case", "CaseError", "E
 MAX_SEED = 2**63 - 1
 #: The tables of a case file.
 SECTIONS = ("model", "observations", "ensemble", "filter", "run", "filters", "expected")
-_REQUIRED_SECTIONS = ("model", "observations", "ensemble", "filter", "run")
+#: The tables that define a run, all required (``[filters.*]`` of the other filters and ``[expected.*]`` do not).
+RUN_SECTIONS = ("model", "observations", "ensemble", "filter", "run")
 
 
 class CaseError(ValueError):
@@ -471,6 +473,19 @@ class Case:
         """The effective case as TOML text (stored in every run file; :func:`enff.casefile.parse_case` reads it)."""
         return tomli_w.dumps(_plain(self.tables))
 
+    def defines_same_run(self, text: str) -> bool:
+        """Whether the case TOML ``text`` (as a run file stores it) has this case's :data:`RUN_SECTIONS`.
+
+        The tables of the other filters and the expected scores may differ: they do not change the run, so
+        a run still resumes after they were edited in the case file.
+        """
+        try:
+            stored = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            return False
+        mine = tomllib.loads(self.to_toml())
+        return all(stored.get(section) == mine.get(section) for section in RUN_SECTIONS)
+
     @classmethod
     def build(
         cls,
@@ -536,7 +551,7 @@ def case_from_tables(tables: Mapping[str, Any], where: str = "<case>") -> Case:
     for section in tables:
         if section not in SECTIONS:
             raise CaseError(f"{where}: unknown section [{section}]; sections are {', '.join(SECTIONS)}")
-    for section in _REQUIRED_SECTIONS:
+    for section in RUN_SECTIONS:
         if not isinstance(tables.get(section), dict):
             raise CaseError(f"{where}: missing section [{section}]")
 

@@ -298,7 +298,7 @@ def _reopen(exp: Experiment, out: Path) -> tuple[RunFile, int, torch.Tensor | No
     if not out.is_file():
         raise FileNotFoundError(f"{out}: cannot resume, no such run file")
     attrs = check_run(out).attrs
-    if attrs.get("case", "") != exp.case.to_toml():
+    if not exp.case.defines_same_run(attrs.get("case", "")):
         raise ValueError(f"{out}: the file was written by a different case; resume with the case stored in it")
     check_inputs_unchanged(out, attrs, exp.case)
     writer, point = RunFile.reopen(out)

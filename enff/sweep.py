@@ -94,6 +94,7 @@ def execute_run(run: PlannedRun) -> RunOutcome:
     import torch
 
     from enff.cycle import Divergence, run_case
+    from enff.preflight import read_run_attributes
 
     torch.set_num_threads(1)
     numba.set_num_threads(1)
@@ -102,6 +103,9 @@ def execute_run(run: PlannedRun) -> RunOutcome:
     try:
         before = _cycles_in_file(run.path)
         if before is not None and before >= run.cycles:
+            if not run.case.defines_same_run(read_run_attributes(run.path).get("case", "")):
+                raise ValueError(f"{run.path}: the file holds a run of a different case (its model, observations, "
+                                 "ensemble, filter or run tables were changed since); delete it or choose another out")
             clear_failure(run.path)
             return RunOutcome(run.name, run.path, "skipped", before, before, time.perf_counter() - start)
         summary = run_case(run.case, run.path, resume=before is not None, progress=False)

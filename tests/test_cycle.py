@@ -117,6 +117,23 @@ def test_resume_after_a_clean_stop_equals_an_uninterrupted_run(tmp_path, small_c
     _compare_runs(full, part)
 
 
+def test_resume_ignores_edits_of_other_filters_tables_and_expected_scores(tmp_path, small_case_text):
+    # the case file gained a table for another filter and an expected score after the run started: the run
+    # (model, observations, ensemble, filter, run) is the same, so it resumes and equals an uninterrupted run
+    text = small_case_text.replace('name = "none"', f'name = "{_stochastic_filter()}"')
+    edited = text + '\n[filters.letkf]\nradius = 3.0\n\n[expected.letkf]\nrmse = 1.0\ntolerance = 0.1\n'
+    full, part = tmp_path / "full.nc", tmp_path / "part.nc"
+    run_case(parse_case(text), full, progress=False)
+    run_case(parse_case(text, overrides=["run.cycles=5"]), part, progress=False)
+    with netCDF4.Dataset(part, "a") as raw:
+        raw.setncattr("case", parse_case(text).to_toml())  # as if asked for 12 cycles before the edit
+    run_case(parse_case(edited), part, resume=True, progress=False)
+    _compare_runs(full, part)
+    # a change of the run's own filter table is another run: refused
+    with pytest.raises(ValueError, match="written by a different case"):
+        run_case(parse_case(text, overrides=["filter.inflation=1.3"]), part, resume=True, progress=False)
+
+
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, small_case_text):
     text = small_case_text.replace('name = "none"', f'name = "{_stochastic_filter()}"').replace(
         "cycles = 12", "cycles = 400")

@@ -98,6 +98,34 @@ def test_zipped_lists_may_repeat_a_value_of_one_key(tmp_path):
                       (("filter.inflation", 1.02), ("filter.radius", 8.0))]
 
 
+def test_a_complete_run_is_reused_only_while_the_case_defines_the_same_run(tmp_path):
+    case = tmp_path / "case.toml"
+    case.write_text((Path(__file__).resolve().parents[1] / "cases" / "l96_40.toml").read_text())
+    spec = write_spec(tmp_path, textwrap.dedent(
+        f"""
+        [sweep]
+        cases = ["{case}"]
+        filters = ["etkf"]
+        seeds = [0]
+        out = "runs"
+        set = ["run.cycles=4", "run.spinup=50", "ensemble.size=10"]
+        """))
+    (run,) = plan(load_spec(spec))
+    run.path.parent.mkdir()
+    assert execute_run(run).status == "complete"
+    # another filter's table edited: the stored run is still this configuration's
+    case.write_text(case.read_text().replace("[filters.enkf]\ninflation = 1.04", "[filters.enkf]\ninflation = 1.05", 1))
+    assert "inflation = 1.05" in case.read_text()
+    (run,) = plan(load_spec(spec))
+    assert execute_run(run).status == "skipped"
+    # the run's own filter table edited: the file is of another run, reported instead of reused
+    case.write_text(case.read_text().replace("[filters.etkf]", "[filters.etkf]\nrtps = 0.3", 1))
+    (run,) = plan(load_spec(spec))
+    assert run.case.filter.rtps == 0.3
+    outcome = execute_run(run)
+    assert outcome.status == "failed" and "different case" in outcome.message
+
+
 def test_run_names_are_stable_and_filesystem_safe():
     name = run_name("ks1024_atan", "enff-ot", (("filter.guidance", "mc"), ("filter.scale", 0.5)), 3)
     assert name == "ks1024_atan__enff-ot__filter.guidance=mc__filter.scale=0.5__seed3"
