@@ -25,8 +25,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from enff.casefile import parse_case
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 from enff.cli import main
-from enff.compare import DEFAULT_BURN_IN_NOTE, compare, format_comparison, records
+from enff.compare import DEFAULT_BURN_IN_NOTE, compare, format_comparison
 from enff.cycle import run_case
 from enff.runfile import open_run, open_runs
 from enff.runset import read_run_info
