@@ -245,3 +245,28 @@ def test_runs_from_a_case_file_and_set(tmp_path, small_case_file):
                  "--no-progress"]) == 0
     with xr.open_dataset(out) as ds:
         assert ds.sizes["time"] == 4 and bool(ds["analysis_mean"].notnull().all())
+
+
+
+def test_local_frame_of_colocated_fields_is_the_global_analysis_of_each_points_local_observations():
+    # three fields at every point of a 6 x 6 torus (as Navier-Stokes' pressure, u, v) share one local analysis
+    grid = Grid((np.zeros(3), np.arange(6.0), np.arange(6.0)), (None, 6.0, 6.0))
+    n, radius, std = 8, 1.2, 0.3
+    gen = torch.Generator().manual_seed(11)
+    forecast = torch.randn(n, *grid.shape, dtype=torch.float64, generator=gen)
+    keep = np.arange(1, 108, 4)
+    obs = ObservationSpace(Indices(keep) | ATan(), torch.full((keep.size,), std, dtype=torch.float64), grid,
+                           grid.shape)
+    y = torch.atan(torch.randn(keep.size, dtype=torch.float64, generator=gen))
+    keys = {"steps": 3, "schedule": "geometric"}
+    local = _analysis("lenff-tempered", forecast, y, obs, radius=radius, frame="local", **keys).reshape(n, -1)
+    point = np.stack(np.unravel_index(np.arange(108), grid.shape)[1:], axis=1)  # (element, 2) grid cell
+    offset = np.abs(point[:, None, :] - point[keep][None, :, :])
+    taper = gaspari_cohn(np.hypot(*np.moveaxis(np.minimum(offset, 6 - offset), -1, 0)), radius)
+    assert (local - forecast.reshape(n, -1)).abs().max() > 0.1
+    for element in range(108):
+        near = np.flatnonzero(taper[element] > 0)
+        errors = torch.as_tensor(std / np.sqrt(taper[element, near]))
+        restricted = ObservationSpace(Indices(keep[near]) | ATan(), errors, grid, grid.shape)
+        alone = _analysis("lenff-tempered", forecast, y[near], restricted, radius=math.inf, **keys).reshape(n, -1)
+        torch.testing.assert_close(local[:, element], alone[:, element], rtol=0, atol=1e-12)

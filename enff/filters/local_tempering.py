@@ -62,7 +62,7 @@ from .base import register
 from .ensemble_space import ObservedEnsemble, observe, square_root_update_and_weights
 from .kalman import EnsembleKalmanFilter
 from .letkf import CHUNK_ELEMENTS, letkf_update
-from .localization import check_radius, local_observation_tensors
+from .localization import check_radius, local_domains
 
 __all__ = ["LEnFFTempered", "RAW_STEPS", "TemperingFrame", "TemperingSchedule", "local_frame_update", "step_sizes",
            "tempered"]
@@ -112,12 +112,13 @@ def local_frame_update(
 ) -> torch.Tensor:
     """The K tempering steps of every local analysis in its own ensemble space (``frame = "local"``).
 
-    Each state element ``p`` keeps coefficients ``G`` (``N x N``, the identity at the forecast): its particle ``i``
+    Each grid location keeps coefficients ``G`` (``N x N``, the identity at the forecast): its particle ``i``
     at a local observation ``j`` is ``xbar_f[q_j] + sum_l X_f[l, q_j] G[l, i]`` (``q_j`` the state element ``j``
     observes, ``X_f`` the forecast anomalies ``(N, d)``). A step of size ``a`` observes these local particles
     through ``pointwise`` (scaled by the error std of ``observed`` over ``sqrt(a)``), solves the local ETKF with
-    the Gaspari-Cohn taper and applies its transform to ``G``; the analysis at ``p`` is
-    ``xbar_f[p] + X_f[:, p]^T G``.
+    the Gaspari-Cohn taper and applies its transform to ``G``; the analysis of an element ``p`` at the location
+    is ``xbar_f[p] + X_f[:, p]^T G``. Co-located fields (Navier-Stokes' pressure, u and v) share the location's
+    local observations and so its ``G`` (:func:`~enff.filters.localization.local_domains`).
 
     Parameters
     ----------
@@ -138,16 +139,19 @@ def local_frame_update(
     """
     n = members.shape[0]
     work = torch.float64
+    device = members.device
     mean = members.mean(dim=0)
     anomalies = members - mean
     target = observed.mean + observed.innovation * observed.std
-    active, index, weight = local_observation_tensors(obs, radius, members.device, members.dtype)
+    domains = local_domains(obs, radius)
     analysis = members.clone()
-    chunk = max(1, CHUNK_ELEMENTS // max(1, index.shape[1] * n))
-    identity = torch.eye(n, dtype=work, device=members.device)
-    for start in range(0, active.shape[0], chunk):
+    width = domains.index.shape[1]
+    chunk = max(1, CHUNK_ELEMENTS // max(1, max(width, n) * n))
+    identity = torch.eye(n, dtype=work, device=device)
+    for start in range(0, domains.index.shape[0], chunk):
         rows = slice(start, start + chunk)
-        local = index[rows]  # (chunk, max_local)
+        local = torch.as_tensor(domains.index[rows], device=device)  # (chunk, width)
+        weight = torch.as_tensor(domains.weight[rows], device=device)
         source = sources[local]
         forecast = anomalies[:, source].permute(1, 0, 2).to(work)  # X_f at the local observations, (chunk, N, L)
         centre = mean[source].to(work).unsqueeze(1)  # (chunk, 1, L)
@@ -160,11 +164,14 @@ def local_frame_update(
             spread = ((seen - seen_mean.unsqueeze(1)) / scale.unsqueeze(1)).transpose(1, 2)  # S, (c, L, N)
             centred_mean = coefficients.mean(dim=2, keepdim=True)  # (c, N, 1)
             update, _ = square_root_update_and_weights(spread, (y - seen_mean) / scale,
-                                                       (coefficients - centred_mean).transpose(1, 2), weight[rows])
+                                                       (coefficients - centred_mean).transpose(1, 2), weight)
             coefficients = centred_mean + update.transpose(1, 2)
-        elements = active[rows]
-        increment = torch.einsum("cli,lc->ic", coefficients, anomalies[:, elements].to(work))
-        analysis[:, elements] = mean[elements] + increment.to(members.dtype)
+        elements = torch.as_tensor(domains.elements[rows], device=device)  # (chunk, group), -1 pads
+        valid = elements >= 0
+        element_anomalies = anomalies[:, elements.clamp_min(0)].to(work)  # (N, chunk, group)
+        increment = torch.einsum("cli,lcf->icf", coefficients, element_anomalies)
+        chosen = elements[valid]
+        analysis[:, chosen] = mean[chosen] + increment[:, valid].to(members.dtype)
     return analysis
 
 
@@ -185,7 +192,7 @@ class LEnFFTempered(EnsembleKalmanFilter):
         How the path is divided (:data:`TemperingSchedule`).
     frame:
         Where ``h`` is re-linearized (:data:`TemperingFrame`); ``"local"`` needs a pointwise operator (every
-        shipped one) and, with a finite radius, runs on the torch local solver.
+        shipped one); co-located fields share each location's local analysis.
     inflation, rtps, adaptive_obs_error:
         See :class:`~enff.filters.kalman.EnsembleKalmanFilter`.
     """
