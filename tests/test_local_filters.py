@@ -121,6 +121,39 @@ def test_radius_below_the_spacing_decouples_the_points():
     torch.testing.assert_close(mixture.averages[0], expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("grid, fields, radius", [
+    (_grid_1d(40), 1, 3.0),  # narrow support (the torch path's direct route)
+    (_grid_1d(17, 5.0), 2, 1.6),  # support beyond the grid, two co-located fields
+    (_grid_2d(12, 9, 2.0), 3, 0.3),  # 2-D, wrap on both axes, three fields
+], ids=["ring", "ring-wide-two-fields", "torus-three-fields"])
+def test_local_mixture_against_a_per_point_softmax(grid, fields, radius):
+    layout = SpatialLayout.of(Grid(axes=(np.zeros(fields), *grid.axes), lengths=(None, *grid.lengths))
+                              if fields > 1 else grid)
+    taper = spatial_taper(layout, radius)
+    assert isinstance(taper, PeriodicTaper)
+    n_points = layout.n_points
+    gen = np.random.default_rng(12)
+    x = gen.normal(size=(5, fields, n_points))
+    centres = gen.normal(size=(7, fields, n_points))
+    other = gen.normal(size=(7, fields, n_points))
+    log_prior = gen.normal(size=(7, n_points))
+    sigma = 1.3
+    mixture = local_mixture(layout, taper, torch.as_tensor(x), torch.as_tensor(centres), sigma,
+                            (torch.as_tensor(centres), torch.as_tensor(other)), log_prior=torch.as_tensor(log_prior))
+    squared = ((x[:, None] - centres[None]) ** 2).sum(axis=2)  # (particle, member, point)
+    logits = -_loop_taper(layout.spatial, radius, squared) / (2 * sigma**2) + log_prior
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    for average, value in zip(mixture.averages, (centres, other)):
+        np.testing.assert_allclose(average.numpy(), np.einsum("imk,mfk->ifk", weights, value), rtol=1e-12, atol=1e-12)
+    ess = 1.0 / (weights**2).sum(axis=1)  # (particle, point)
+    assert mixture.stats.max_weight == pytest.approx(weights.max(axis=1).mean(), rel=1e-12)
+    assert mixture.stats.ess_mean == pytest.approx(ess.mean(), rel=1e-12)
+    assert mixture.stats.ess_min == pytest.approx(ess.mean(axis=0).min(), rel=1e-12)
+    distinct = np.mean([np.unique(weights[:, :, k].argmax(axis=1)).size for k in range(n_points)])
+    assert mixture.stats.distinct_members == pytest.approx(distinct, rel=1e-12)
+
+
 def test_float32_matches_float64_at_a_million_points():
     d = 1_000_000
     layout = SpatialLayout.of(_grid_1d(d))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -162,6 +163,15 @@ class PeriodicTaper(SpatialTaper):
         taps = int(np.count_nonzero(kernel))
         direct = fits and taps <= DIRECT_TAPS_PER_LOG2 * math.log2(max(2, full.size))
         return cls(tuple(shape), kernel, full, direct)
+
+    @cached_property
+    def taps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The non-zero offsets on the first and second axes (``[0, n)``, periodic; 0 on a one-dimensional
+        grid's missing second axis) and their taper, each ``(T,)``: ``apply(f)[k] = sum_t rho_t f[k + o_t]``."""
+        nonzero = np.nonzero(self.spectrum_kernel)
+        second = nonzero[1] if len(nonzero) > 1 else np.zeros_like(nonzero[0])
+        return (nonzero[0].astype(np.int64), second.astype(np.int64),
+                self.spectrum_kernel[nonzero].astype(np.float64))
 
     def apply(self, values: torch.Tensor) -> torch.Tensor:
         lead = values.shape[:-1]
