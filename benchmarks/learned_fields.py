@@ -132,21 +132,22 @@ def trained_posterior(args: argparse.Namespace) -> tuple[FieldPosterior, dict]:
                            "best_epoch": posterior.history.best_epoch,
                            "best_validation_loss": min(posterior.history.validation_loss)}
     case = load_case(args.case)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     data = simulated_training_set(case, args.train_seeds, args.train_cycles, burn_in=args.burn_in)
-    simulated = time.perf_counter() - start
+    simulated, simulated_cpu = time.perf_counter() - start, time.process_time() - cpu
     print(json.dumps({"analyses": data.size, "simulation_seconds": simulated}), flush=True)
     network = FieldNetworkConfig(channels=args.channels, set_channels=args.set_channels,
-                                 dilations=tuple(args.dilations))
+                                 dilations=tuple(args.dilations), correlation_offsets=tuple(args.correlation_offsets))
     estimator = FieldFMPE(network=network, solver=SolverConfig(n_steps=args.solver_steps),
                           time_prior_exponent=args.time_prior_exponent,
                           training=TrainingConfig(batch_size=args.batch_size, learning_rate=args.learning_rate,
                                                   max_epochs=args.max_epochs, patience=15, progress=False))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     posterior = estimator.fit(data)
     trained = {"network": repr(network), "estimator": posterior.estimator, "analyses": data.size,
                "solver_steps": args.solver_steps, "epochs": len(posterior.history.validation_loss),
                "best_epoch": posterior.history.best_epoch, "seconds": time.perf_counter() - start,
+               "cpu_seconds": time.process_time() - cpu, "simulation_cpu_seconds": simulated_cpu,
                "simulation_seconds": simulated, "load_average": os.getloadavg()[0],
                "best_validation_loss": min(posterior.history.validation_loss)}
     if args.save:
@@ -164,6 +165,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=300)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--set-channels", type=int, default=0)
+    parser.add_argument("--correlation-offsets", nargs="*", type=int, default=[],
+                        help="offsets of the ensemble correlation channels (FieldNetworkConfig.correlation_offsets)")
     parser.add_argument("--dilations", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--solver-steps", type=int, default=5)

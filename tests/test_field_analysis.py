@@ -9,7 +9,7 @@ import xarray as xr
 
 from enff.amortized import SolverConfig, TrainingConfig, load_posterior
 from enff.amortized.field_analysis import FieldContext, FieldFMPE, FieldPosterior, FieldTrainingSet, observation_field
-from enff.amortized.field_data import simulate_cycles, simulated_training_set
+from enff.amortized.field_data import cycle_field_posterior, simulate_cycles, simulated_training_set
 from enff.amortized.field_network import FieldLayout, FieldNetworkConfig
 from enff.amortized.storage import FORMAT, PosteriorFileError
 from enff.casefile import CaseError, parse_case
@@ -201,6 +201,47 @@ def test_enff_learn_a_field_analysis_from_a_case_and_run_it(small_case_text, tmp
                  "--out", str(tmp_path / "run.nc"), "--quiet"]) == 0
     assert main(["learn", "--out", str(out)]) == 2
     assert "run files or --case" in capsys.readouterr().err
+
+
+
+def test_cycling_a_posterior_on_its_own_analyses_keeps_each_seeds_truth_and_observations(small_case_text, posterior_file):
+    """Seeds cycled together in one batch: each seed's truths, observations and first forecast are those of
+    ``enff run`` with that seed (simulate_cycles), the kept analyses are seed-major, and scores are per seed."""
+    case = parse_case(_l96_case(small_case_text))
+    posterior = load_posterior(posterior_file)
+    run = cycle_field_posterior(case, posterior, [1, 2], 6, burn_in=2, generator=torch.Generator().manual_seed(0))
+    assert run.data.size == 2 * 4 and run.rmse.shape == run.spread.shape == (2, 6)
+    assert bool((run.spread > 0).all()) and bool(torch.isfinite(run.rmse).all())
+    for i, seed in enumerate([1, 2]):
+        reference = list(simulate_cycles(case, seed=seed, cycles=6))
+        for j, sim in enumerate(reference[2:]):
+            row = i * 4 + j
+            assert torch.allclose(run.data.truth[row, 0], sim.truth.float(), rtol=0, atol=1e-6)
+            assert torch.equal(run.data.context.mask[row, 0], (torch.arange(40) % 2 == 0).float())
+            assert torch.allclose(run.data.context.observation[row, 0, ::2], sim.observation.float(), rtol=0, atol=1e-6)
+        first = cycle_field_posterior(case, posterior, [seed], 1, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(first.data.context.forecast[0, :, 0], reference[0].forecast.float(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="burn_in"):
+        cycle_field_posterior(case, posterior, [1], 3, burn_in=3, generator=torch.Generator())
+
+
+def test_fine_tuning_starts_from_a_posterior_in_its_own_coordinates(posterior_file):
+    start = load_posterior(posterior_file)
+    before = {k: v.clone() for k, v in start.net.state_dict().items()}
+    data = _toy_set(32, 16, 7)
+    data = FieldTrainingSet(data.truth * 3, FieldContext(data.context.observation, data.context.mask,
+                                                         data.context.forecast * 3), data.layout)
+    training = TrainingConfig(batch_size=16, max_epochs=1, progress=False)
+    tuned = FieldFMPE(network=TINY, training=training, solver=COARSE).fit(data, start=start)
+    assert torch.equal(tuned.error_std, start.error_std)  # the start's scale, not this data's (3 times larger)
+    for key in ("state_mean", "state_std", "obs_mean", "obs_std"):
+        assert torch.equal(tuned.net.state_dict()[key], before[key])
+    assert any(not torch.equal(tuned.net.state_dict()[k], before[k]) for k in before)  # it trained
+    assert all(torch.equal(start.net.state_dict()[k], before[k]) for k in before)  # the start is unchanged
+    fresh = FieldFMPE(network=TINY, training=training, solver=COARSE).fit(data)
+    assert not torch.equal(fresh.error_std, start.error_std)
+    with pytest.raises(ValueError, match="cannot fine-tune"):
+        FieldFMPE(network=FieldNetworkConfig(channels=4, dilations=(1,)), training=training).fit(data, start=start)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -16,7 +16,8 @@ from enff.registry import RegistryError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONFIG = FieldNetworkConfig(channels=8, dilations=(1, 2), kernel_size=3, set_channels=4, time_features=4)
+CONFIG = FieldNetworkConfig(channels=8, dilations=(1, 2), kernel_size=3, set_channels=4, time_features=4,
+                            correlation_offsets=(1, -3))
 
 
 def _net(layout: FieldLayout, config: FieldNetworkConfig = CONFIG) -> FieldVelocity:
@@ -132,6 +133,22 @@ def test_config_options_are_typed():
         NetworkConfig(activation="softplus")
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         FieldNetworkConfig(kernel_size=4)
+    with pytest.raises(ValueError, match="correlation_offsets must be non-zero"):
+        FieldNetworkConfig(correlation_offsets=(1, 0))
+
+
+def test_correlation_channels_are_the_ensemble_correlations_of_shifted_points():
+    layout = FieldLayout(1, 1)
+    net = _net(layout)
+    _, _, obs, mask, forecast = _inputs(layout, (12,), batch=2, members=7)
+    encoded = net.encode(obs, mask, forecast)
+    assert encoded.shape == (2, net.context_channels, 12) and net.context_channels == 4 + 4 + 2
+    for b in range(2):
+        members = forecast[b, :, 0]  # (member, 12); the per-field standardisation does not change correlations
+        for channel, j in zip((8, 9), CONFIG.correlation_offsets):
+            for k in range(12):
+                expected = torch.corrcoef(torch.stack([members[:, k], members[:, (k + j) % 12]]))[0, 1]
+                assert torch.allclose(encoded[b, channel, k], expected, atol=1e-10)
 
 
 OBS_STD, PRIOR_STD, MEMBERS, POINTS = 0.5, 1.0, 10, 16

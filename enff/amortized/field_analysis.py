@@ -28,6 +28,7 @@ Example
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -184,21 +185,33 @@ class FieldFMPE:
         if not self.time_prior_exponent > -1:
             raise ValueError(f"time_prior_exponent must be > -1, got {self.time_prior_exponent!r}")
 
-    def fit(self, data: FieldTrainingSet) -> FieldPosterior:
-        """Train on ``data`` (at least 2 analyses) and return the posterior; tensors on one device, any float dtype."""
+    def fit(self, data: FieldTrainingSet, *, start: FieldPosterior | None = None) -> FieldPosterior:
+        """Train on ``data`` (at least 2 analyses) and return the posterior; tensors on one device, any float dtype.
+
+        ``start``: fine-tune a copy of this posterior's network (its architecture must be :attr:`network`, its
+        layout that of ``data``) in its own coordinates (its standardisations and forecast-error scale are kept,
+        not recomputed from ``data``), instead of training new weights; ``start`` itself is not changed.
+        """
         if data.size < 2:
             raise ValueError(f"need at least 2 analyses to train, got {data.size}")
         context = data.context.to(data.truth.device)
         truth = data.truth.float()
-        net = seeded_init(self.seed, lambda: FieldVelocity(data.layout, self.network)).to(truth.device)
-        mean, std = _per_field(truth)
-        obs_mean, obs_std = _per_field(context.observation, context.mask)
-        for buffer, value in ((net.state_mean, mean), (net.state_std, std), (net.obs_mean, obs_mean),
-                              (net.obs_std, obs_std)):
-            buffer.copy_(value)
         forecast_mean = context.forecast.mean(1)
-        error_std = (truth - forecast_mean).transpose(0, 1).reshape(data.layout.fields, -1).pow(2).mean(1).sqrt()
-        error_std = error_std.clamp_min(1e-6)
+        if start is not None:
+            if start.net.config != self.network or start.layout != data.layout:
+                raise ValueError(f"cannot fine-tune {start!r} with network {start.net.config!r} on a "
+                                 f"{data.layout.describe()} as {self.network!r}")
+            net = copy.deepcopy(start.net).to(truth.device)
+            error_std = start.error_std.to(truth.device)
+        else:
+            net = seeded_init(self.seed, lambda: FieldVelocity(data.layout, self.network)).to(truth.device)
+            mean, std = _per_field(truth)
+            obs_mean, obs_std = _per_field(context.observation, context.mask)
+            for buffer, value in ((net.state_mean, mean), (net.state_std, std), (net.obs_mean, obs_mean),
+                                  (net.obs_std, obs_std)):
+                buffer.copy_(value)
+            error_std = (truth - forecast_mean).transpose(0, 1).reshape(data.layout.fields, -1).pow(2).mean(1).sqrt()
+            error_std = error_std.clamp_min(1e-6)
         target = (truth - forecast_mean) / error_std.reshape(-1, *(1,) * data.layout.spatial_dims)
         generator = torch.Generator(device=truth.device).manual_seed(self.seed)
 

@@ -6,6 +6,10 @@ forecasts of ``enff run`` with ``run.seed = s`` and the same filter) and yields,
 observation and the forecast ensemble that the analysis sees. :func:`simulated_training_set` gathers them
 over seeds into a :class:`~enff.amortized.field_analysis.FieldTrainingSet`; give training and held-out
 scoring disjoint seeds (other truths).
+
+:func:`cycle_field_posterior` cycles a field posterior on its *own* analyses, many seeds at once (one batch),
+and returns both the inputs of its analyses (training pairs from the forecasts it meets in cycling, the
+distribution it is scored on: rounds of these are DAgger-style training) and its scores per seed and cycle.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import torch
 from enff.config import Case
 from enff.filters.base import Filter
 
-from .field_analysis import FieldContext, FieldTrainingSet, observation_field
+from .field_analysis import FieldContext, FieldPosterior, FieldTrainingSet, observation_field
 from .field_network import FieldLayout
 
-__all__ = ["SimulatedCycle", "simulate_cycles", "simulated_training_set"]
+__all__ = ["CycledPosterior", "SimulatedCycle", "cycle_field_posterior", "simulate_cycles", "simulated_training_set"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +114,96 @@ def simulated_training_set(case: Case, seeds: Iterable[int], cycles: int, *, bur
     if not parts:
         raise ValueError("simulated_training_set needs at least one seed")
     return FieldTrainingSet.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class CycledPosterior:
+    """A field posterior cycled on its own analyses (:func:`cycle_field_posterior`).
+
+    Attributes
+    ----------
+    data:
+        Truth, observation and forecast ensemble of the kept analyses (cycles ``burn_in + 1 .. cycles``),
+        seed-major: ``seeds x kept cycles`` analyses, float32, on the case's device.
+    rmse, spread:
+        Analysis RMSE of the ensemble mean and ensemble spread (:func:`enff.scores.rmse`, :func:`~enff.scores.spread`)
+        of every cycle, ``(seed, cycle)`` float64 on the CPU, the first cycle in column 0.
+    """
+
+    data: FieldTrainingSet
+    rmse: torch.Tensor
+    spread: torch.Tensor
+
+
+def cycle_field_posterior(case: Case, posterior: FieldPosterior, seeds: Iterable[int], cycles: int, *,
+                          generator: torch.Generator, burn_in: int = 0) -> CycledPosterior:
+    """Cycle the learned analysis ``posterior`` on the twin experiments of ``case`` for every one of ``seeds`` at once.
+
+    Truths, observations and initial ensembles are those of ``enff run`` with ``run.seed = s`` (the run's
+    seeded streams, as in :func:`simulate_cycles`), so a classical filter's scores on the same seeds are on the
+    same truths and observations. The analyses of all seeds are one batch of the network: each seed's
+    ``N`` members are ``N`` draws of the posterior at that seed's context (the draws come from ``generator``,
+    not from the run's filter stream, so they are not those of ``enff run --filter learned``; their law is).
+
+    Parameters
+    ----------
+    case:
+        A twin-experiment case of the posterior's field layout (its ensemble size, spin-up, device and dtype).
+    posterior:
+        The field posterior that makes every analysis.
+    seeds:
+        Run seeds (at least one).
+    cycles:
+        Cycles per seed (>= 1).
+    generator:
+        Source of the posterior's base draws, on the case's device.
+    burn_in:
+        Analyses of cycles ``1 .. burn_in`` are not kept in :attr:`CycledPosterior.data` (they are scored).
+
+    Raises ``enff.cycle.Divergence`` when any seed's forecast or analysis becomes non-finite.
+    """
+    from enff.cycle import Divergence, Experiment, Stream
+    from enff.scores import rmse, spread
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("cycle_field_posterior needs at least one seed")
+    if int(cycles) < 1 or not 0 <= int(burn_in) < int(cycles):
+        raise ValueError(f"need cycles >= 1 and 0 <= burn_in < cycles, got cycles={cycles!r}, burn_in={burn_in!r}")
+    layout = FieldLayout.of(case.model.grid)
+    if layout != posterior.layout:
+        raise ValueError(f"the posterior was trained for a {posterior.layout.describe()}; {case.where} is a "
+                         f"{layout.describe()}")
+    runs = [Experiment(case.with_tables(run={**case.tables["run"], "seed": s})) for s in seeds]
+    if not all(exp.has_truth for exp in runs):
+        raise ValueError(f"{case.where}: cycling needs a twin experiment (synthetic observations)")
+    model, space, every = runs[0].model, runs[0].space, runs[0].every
+    starts = [exp.initial_condition(progress=False) for exp in runs]
+    truth = torch.stack([t for t, _ in starts])  # (seed, *state)
+    ensemble = torch.stack([e for _, e in starts])  # (seed, member, *state)
+    members, state_shape = ensemble.shape[1], ensemble.shape[2:]
+    kept: list[tuple[torch.Tensor, ...]] = []
+    scores = torch.zeros(2, len(seeds), int(cycles), dtype=torch.float64)
+    for k in range(1, int(cycles) + 1):
+        forecast = model.step(ensemble.reshape(-1, *state_shape), every).reshape(ensemble.shape)
+        if not bool(torch.isfinite(forecast).all()):
+            raise Divergence(k, "forecast")
+        truth = model.step(truth, every)
+        fields = [observation_field(exp.observations.observe(k, t, exp.generator(Stream.OBSERVATION, k),
+                                                             dtype=exp.dtype, device=exp.device), space, layout)
+                  for exp, t in zip(runs, truth)]
+        value, mask = (torch.stack(parts) for parts in zip(*fields))  # (seed, F, *spatial)
+        context = FieldContext(value, mask, torch.stack([layout.to_channels(f) for f in forecast]))
+        if k > burn_in:
+            kept.append((layout.to_channels(truth).float(), value.float(), mask.float(), context.forecast.float()))
+        draws = posterior.sample(members, context, generator=generator)  # (member, seed, F, *spatial)
+        ensemble = draws.transpose(0, 1).reshape(ensemble.shape).to(dtype=ensemble.dtype)
+        if not bool(torch.isfinite(ensemble).all()):
+            raise Divergence(k, "analysis")
+        for i, (member_states, t) in enumerate(zip(ensemble, truth)):
+            scores[0, i, k - 1] = float(rmse(member_states, t))
+            scores[1, i, k - 1] = float(spread(member_states))
+    # seed-major order of the kept analyses
+    truths, values, masks, forecasts = (torch.stack(items, dim=1).flatten(0, 1) for items in zip(*kept))
+    data = FieldTrainingSet(truths, FieldContext(values, masks, forecasts), layout)
+    return CycledPosterior(data, scores[0], scores[1])

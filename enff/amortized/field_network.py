@@ -11,6 +11,9 @@ Per grid point the network reads
 - the observation value (``F`` channels, 0 where unobserved) and a mask (``F`` channels, 1 where observed),
 - the forecast ensemble mean and spread (``F`` channels each) and, when ``set_channels > 0``, a learned
   permutation-invariant embedding of the members (a circular convolution of each member, averaged over members),
+- when ``correlation_offsets`` is not empty, the ensemble correlation of each point with the point ``j`` grid
+  points away along each periodic axis, for every offset ``j`` (``F`` channels per offset and axis): the
+  forecast covariance an ensemble Kalman filter spreads observed increments with,
 
 and the flow time through Fourier features that scale and shift every residual block (FiLM; the same at every
 grid point). Every layer is a circular convolution (``padding_mode="circular"``) or acts point by point, and every
@@ -99,6 +102,9 @@ class FieldNetworkConfig:
     set_channels:
         Channels of the learned set embedding of the forecast members (0: the members enter through their mean
         and spread only).
+    correlation_offsets:
+        Offsets ``j`` (non-zero, in grid points) of the ensemble correlation channels ``corr(x_k, x_{k+j})``
+        along each periodic axis (empty: none).
     time_features:
         Number of Fourier features of the flow time (even); ``t`` itself is always included.
     activation:
@@ -109,11 +115,15 @@ class FieldNetworkConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8)
     kernel_size: int = 3
     set_channels: int = 0
+    correlation_offsets: tuple[int, ...] = ()
     time_features: int = 8
     activation: Activation = "gelu"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(self.dilations))
+        object.__setattr__(self, "correlation_offsets", tuple(self.correlation_offsets))
+        if any(isinstance(j, bool) or int(j) != j or j == 0 for j in self.correlation_offsets):
+            raise ValueError(f"correlation_offsets must be non-zero integers, got {self.correlation_offsets!r}")
         if self.channels < 1 or self.set_channels < 0:
             raise ValueError(f"channels must be >= 1 and set_channels >= 0, got {self.channels!r}, "
                              f"{self.set_channels!r}")
@@ -190,8 +200,10 @@ class FieldVelocity(nn.Module):
 
     @property
     def context_channels(self) -> int:
-        """Channels of :meth:`encode`'s output: observation, mask, mean, spread (``F`` each) and the set embedding."""
-        return 4 * self.layout.fields + self.config.set_channels
+        """Channels of :meth:`encode`'s output: observation, mask, mean, spread (``F`` each), the set embedding and
+        the correlation channels (``F`` per offset and periodic axis)."""
+        correlations = self.layout.fields * len(self.config.correlation_offsets) * self.layout.spatial_dims
+        return 4 * self.layout.fields + self.config.set_channels + correlations
 
     def _field_view(self, v: torch.Tensor) -> torch.Tensor:
         return v.reshape(-1, *(1,) * self.layout.spatial_dims)
@@ -239,6 +251,14 @@ class FieldVelocity(nn.Module):
             batch, n = members.shape[:2]
             embedded = self.members(members.reshape(batch * n, *members.shape[2:]))
             parts.append(embedded.reshape(batch, n, *embedded.shape[1:]).mean(1))
+        if self.config.correlation_offsets:
+            anomalies = members - members.mean(1, keepdim=True)  # (batch, member, F, *spatial)
+            scale = members.shape[1] - 1
+            std = (anomalies.pow(2).sum(1) / scale).sqrt().clamp_min(1e-6)  # (batch, F, *spatial)
+            for axis in range(self.layout.spatial_dims):
+                for j in self.config.correlation_offsets:
+                    cov = (anomalies * torch.roll(anomalies, -j, 3 + axis)).sum(1) / scale
+                    parts.append(cov / (std * torch.roll(std, -j, 2 + axis)))
         return torch.cat(parts, dim=1)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
