@@ -4,8 +4,10 @@ The same check as the slow test ``tests/test_expected_scores.py``, for all cases
 
     python benchmarks/expected_scores.py [CASE ...] [--workers 2] [--out benchmarks/specs/runs/expected]
 
-Writes ``results/expected_scores.{json,md}``: per entry the recorded and the measured mean RMSE over its
-seeds, the standard error, the tolerance and whether it holds. Re-running resumes the run files in ``--out``.
+Writes ``results/expected_scores.{json,md}`` (with named cases ``results/expected_scores_<case>_....{json,md}``,
+so that checking a few cases leaves the record of all of them as it is; ``--name`` chooses another): per entry
+the recorded and the measured mean RMSE over its seeds, the standard error, the tolerance and whether it holds.
+Re-running resumes the run files in ``--out``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ from enff.sweep import local_cluster  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cases", nargs="*", default=sorted(shipped_cases()))
+    parser.add_argument("cases", nargs="*", help="shipped case names (default: every shipped case)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "specs" / "runs" / "expected")
+    parser.add_argument("--name", help="results/<name>.{json,md} (default: expected_scores, with the named cases "
+                        "appended when some are given)")
     args = parser.parse_args()
+    name = args.name or "_".join(["expected_scores", *args.cases])
+    args.cases = args.cases or sorted(shipped_cases())
     entries = [entry for case in args.cases for entry in expected_scores(case)]
     with local_cluster(workers=args.workers, dashboard=None) as cluster, Client(cluster) as client:
         checks = check_expected(entries, args.out, client)
@@ -50,7 +56,7 @@ def main() -> None:
              "overrides": list(c.expected.overrides), "burn_in": c.expected.burn_in, "recorded_rmse": c.expected.rmse,
              "tolerance": c.expected.tolerance, "rmse": c.rmse, "rmse_se": c.rmse_se, "failed": c.failed, "ok": c.ok}
             for c in checks]
-    write_results("expected_scores", {"rows": rows}, "\n".join(lines))
+    write_results(name, {"rows": rows}, "\n".join(lines))
     print("\n".join(c.describe() for c in checks))
     sys.exit(0 if all(c.ok for c in checks) else 1)
 
