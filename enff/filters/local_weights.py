@@ -74,17 +74,18 @@ class _StatsAccumulator:
     def add(self, weights: torch.Tensor) -> None:
         """Add weights of shape ``(block, member, points)`` (float64)."""
         largest, follows = weights.max(dim=1)
-        followed = torch.zeros_like(self.followed).scatter_add_(0, follows, torch.ones_like(largest))
-        self.add_sums(float(largest.sum()), weights.shape[0], weights.square().sum(dim=1).reciprocal_().sum(dim=0),
-                      followed)
+        self.followed.scatter_add_(0, follows, torch.ones_like(largest))
+        self.add_sums(float(largest.sum()), weights.shape[0], weights.square().sum(dim=1).reciprocal_().sum(dim=0))
 
-    def add_sums(self, largest: float, count: int, ess: torch.Tensor, followed: torch.Tensor) -> None:
+    def add_sums(self, largest: float, count: int, ess: torch.Tensor, followed: torch.Tensor | None = None) -> None:
         """Add the sums over ``count`` particles: of the largest weight over particles and points, of the
-        effective sample size per point ``(points,)``, and of the particles following each member ``(M, points)``."""
+        effective sample size per point ``(points,)`` and, if given, of the particles following each member
+        ``(M, points)``."""
         self.largest += largest
         self.count += count
         self.ess += ess
-        self.followed += followed
+        if followed is not None:
+            self.followed += followed
 
     def result(self) -> WeightStats:
         n_points = self.ess.shape[0]
