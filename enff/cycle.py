@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -293,15 +293,17 @@ def _stopped(out: Path, what: str, status: int, cycles: int) -> RunStopped:
 
 
 def _reopen(exp: Experiment, out: Path) -> tuple[RunFile, int, torch.Tensor | None, torch.Tensor]:
-    """Writer, cycles done, truth and analysis to continue the run in ``out``; every check is made on the
-    file read-only, before it is opened for writing."""
+    """Writer, cycles done, truth and analysis to continue the run in ``out``; every check is made under the
+    writer's lock on the file read-only, before it is opened for writing."""
     if not out.is_file():
         raise FileNotFoundError(f"{out}: cannot resume, no such run file")
-    attrs = check_run(out).attrs
-    if not exp.case.defines_same_run(attrs.get("case", "")):
-        raise ValueError(f"{out}: the file was written by a different case; resume with the case stored in it")
-    check_inputs_unchanged(out, attrs, exp.case)
-    writer, point = RunFile.reopen(out)
+
+    def accept(attrs: Mapping[str, Any]) -> None:
+        if not exp.case.defines_same_run(attrs.get("case", "")):
+            raise ValueError(f"{out}: the file was written by a different case; resume with the case stored in it")
+        check_inputs_unchanged(out, attrs, exp.case)
+
+    writer, point = RunFile.reopen(out, accept)
     truth = None if point.truth is None else torch.as_tensor(point.truth, device=exp.device, dtype=exp.dtype)
     return writer, point.cycles_done, truth, torch.as_tensor(point.analysis, device=exp.device, dtype=exp.dtype)
 

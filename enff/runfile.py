@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import netCDF4
 import numpy as np
@@ -392,14 +392,22 @@ class RunFile:
         ds.setncatts({"Conventions": "CF-1.8", **{k: _attr(v) for k, v in layout.attrs.items()}})
 
     @classmethod
-    def reopen(cls, path: str | Path) -> tuple["RunFile", ResumePoint]:
+    def reopen(cls, path: str | Path,
+               accept: Callable[[Mapping[str, Any]], None] | None = None) -> tuple["RunFile", ResumePoint]:
         """Lock and check an existing run file, then reopen it for appending; returns the writer and where
         to continue. A file that is locked, inconsistent or holds a non-finite restart state is refused
-        (:class:`RunFileError`) before it is opened for writing."""
+        (:class:`RunFileError`) before it is opened for writing.
+
+        The lock is taken first, so every check reads a file no other run is writing (a file being written
+        is refused as locked, never judged from a half-written cycle). ``accept``, given the file's global
+        attributes, runs under the lock before the file is opened for writing and refuses it by raising."""
         path = Path(path)
         lock = _lock_for_writing(path)
         try:
-            point = _read_resume_point(path, check_run(path))
+            state = check_run(path)
+            if accept is not None:
+                accept(state.attrs)
+            point = _read_resume_point(path, state)
             ds = netCDF4.Dataset(str(path), _WRITE_MODE["append"])
             if lock.identity() != _identity(path):
                 ds.close()

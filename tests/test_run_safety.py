@@ -160,6 +160,26 @@ def test_score_plot_compare_and_resume_refuse_an_inconsistent_file(tmp_path, sma
     assert not (tmp_path / "png").exists()
 
 
+def test_resume_of_a_file_being_written_reports_the_writer_not_its_half_written_cycle(tmp_path, small_case_text,
+                                                                                       capsys):
+    # a writer between its restart write and its cycle record leaves the file inconsistent for a moment;
+    # a resume must take the lock before it reads, so it names the writer instead of judging the file
+    out = _finished_run(tmp_path, small_case_text)
+    with netCDF4.Dataset(out, "a") as ds:
+        ds["restart_cycle"][0] = 14  # slot 0 already holds the next-but-one cycle, as mid-write
+    held = WriterLock.acquire(out)
+    try:
+        before = out.read_bytes()
+        assert main(["run", "--resume", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"being written by process {os.getpid()}" in err and "inconsistent" not in err
+        assert out.read_bytes() == before
+    finally:
+        held.release()
+    assert main(["run", "--resume", "--out", str(out), "--quiet"]) == 2  # unlocked, the damage is reported
+    assert "restart slot 0 holds cycle 14" in capsys.readouterr().err
+
+
 def test_resume_never_writes_to_a_truncated_file(tmp_path, small_case_text, capsys):
     out = _finished_run(tmp_path, small_case_text)
     with open(out, "r+b") as handle:
