@@ -86,7 +86,7 @@ def _fail(message: str, status: int = EXIT_INPUT) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from enff.casefile import CaseError, load_case, parse_case
     from enff.cycle import Divergence, RunStopped, run_case
-    from enff.preflight import check_burn_in, check_inputs_unchanged, check_output, input_files, read_run_attributes
+    from enff.preflight import check_burn_in, check_output, input_files, read_run_attributes
     from enff.summary import format_table, lost_track_warning, resolve_burn_in, summarize
 
     if args.resume and (args.filter_name or args.overrides):
@@ -104,8 +104,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             out = Path("out") / f"{Path(case.where).stem}_{case.filter.name}.nc"
         check_output(out, input_files(case), replace=args.resume or args.overwrite)
         check_burn_in(args.burn_in, case.run.cycles)
-        if args.resume:
-            check_inputs_unchanged(out, read_run_attributes(out), case)
     except (CaseError, ValueError) as err:
         return _fail(str(err))
     try:
