@@ -11,7 +11,8 @@ Usage::
     python benchmarks/classical_speed.py [--threads 1] [--device cpu] [--max-d 1000000] [--suite localized]
 
 ``--suite localized`` times the LETKF beside ``lenff-ot`` (gradient and kalman guidance), ``lenff-f2p``,
-``lensf`` and ``lpf`` at the same radius, ``S = LOCALIZED_STEPS`` velocity evaluations each.
+``lensf`` and ``lpf`` at the same radius, ``S = LOCALIZED_STEPS`` velocity evaluations each, and ``lenff-tempered``
+(``K = TEMPERED_STEPS`` LETKF steps, shared frame).
 
 ``--suite letkf`` times one LETKF analysis (``observe`` and ``letkf_update``) with each local-analysis
 backend side by side, the batched torch eigen-decompositions and the numba kernel, on the ring of
@@ -51,6 +52,8 @@ LOCALIZED_ENKF_MAX_D = 4_000
 
 #: Velocity (or score) evaluations per analysis of the localized generative filters in ``--suite localized``.
 LOCALIZED_STEPS = 9
+#: Tempering steps K of ``lenff-tempered`` in ``--suite localized`` (the shipped cases' K, shared frame).
+TEMPERED_STEPS = 4
 
 
 def localized_cases(max_d: int) -> list[dict[str, Any]]:
@@ -62,6 +65,7 @@ def localized_cases(max_d: int) -> list[dict[str, Any]]:
         ("lenff-f2p", {"steps": LOCALIZED_STEPS}),
         ("lensf", {"steps": LOCALIZED_STEPS}),
         ("lpf", {}),
+        ("lenff-tempered", {"steps": TEMPERED_STEPS}),
     ]
     return [{"filter": name, "hyper": {"radius": RING_RADIUS, **hyper}, "grid": "ring", "d": d}
             for d in RING_SIZES if d <= max_d for name, hyper in filters]
