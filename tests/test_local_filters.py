@@ -376,6 +376,29 @@ def test_local_particle_filter_infinite_radius_weights_are_the_bootstrap_weights
     torch.testing.assert_close(local, direct[:, None].expand(8, 20), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_local_particle_filter_keeps_the_members_where_no_observation_is_in_range(offset):
+    # Sparse observations (every 6th point) and radius 1 (support 2): the points 2, 3, 4 (mod 6) see no observation,
+    # so their local log-likelihood is exactly 0, their weights uniform and the resampling copies every member to
+    # itself; an innovation of 1e3 (2e3 error stds: one-hot weights at the observed points, log-likelihoods near -2e6)
+    # must not underflow into them. The lpf's divergence on l96_40_sparse did not come from here (see
+    # benchmarks/results/tune_lpf_l96_40_sparse.md); this guards the path first suspected.
+    forecast, _, y, obs = _problem(d=30, n=8, operator=Indices(np.arange(0, 30, 6)))
+    y = y + offset
+    far = torch.tensor([k % 6 in (2, 3, 4) for k in range(30)])
+    layout = SpatialLayout.of(obs.grid)
+    loglik = local_log_likelihood(layout, spatial_taper(layout, 1.0), squared_residuals(forecast, y, obs), obs)
+    assert bool((loglik[:, far] == 0).all()) and bool((loglik[:, ~far] < 0).all())
+    result = get_filter("lpf", radius=1.0).analysis(forecast, y, obs, generator=torch.Generator().manual_seed(3))
+    assert bool(torch.isfinite(result.ensemble).all())
+    torch.testing.assert_close(result.ensemble[:, far], forecast[:, far], rtol=0, atol=0)
+    if offset:
+        assert (result.ensemble[:, ~far] == result.ensemble[:1, ~far]).all()  # collapsed onto one member there
+    relaxed = get_filter("lpf", radius=1.0, rtps=0.9, jitter=0.3).analysis(
+        forecast, y, obs, generator=torch.Generator().manual_seed(3)).ensemble
+    assert bool(torch.isfinite(relaxed).all())
+
+
 # ------------------------------------------------------------------------------------------------
 # standardized coordinates and spread relaxation
 # ------------------------------------------------------------------------------------------------

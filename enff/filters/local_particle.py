@@ -8,6 +8,14 @@ neighbouring points with similar weights pick the same members and the analysed 
 (Penny and Miyoshi's remedy for the discontinuities of independent local resampling). Co-located fields
 share their point's weights. Optional Gaussian ``jitter`` and the template's inflation and RTPS keep the
 spread from collapsing in a deterministic model.
+
+RTPS acts after the jitter, on the resampled members. Where a point's weights collapse onto one member, the
+anomalies left there are the jitter alone (or one other member), and RTPS rescales them by
+``1 + rtps * (sigma_f / sigma_a - 1)`` to ``rtps`` times the prior spread, whatever the jitter. With a strong
+RTPS and few observations per point's region this feeds back: on ``l96_40_sparse`` at radius 3 and RTPS 0.9
+the factor reaches 60, the spread runs away and after about 25 cycles a member leaves the range the model's
+time step can integrate (non-finite forecast). Sparse networks want a small radius and a moderate RTPS
+(``benchmarks/results/tune_lpf_l96_40_sparse.md``).
 """
 
 from __future__ import annotations
