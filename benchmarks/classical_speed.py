@@ -12,7 +12,7 @@ Usage::
 
 ``--suite localized`` times the LETKF beside ``lenff-ot`` (gradient and kalman guidance), ``lenff-f2p``,
 ``lensf`` and ``lpf`` at the same radius, ``S = LOCALIZED_STEPS`` velocity evaluations each, and ``lenff-tempered``
-(``K = TEMPERED_STEPS`` LETKF steps, shared frame).
+(``K = --tempered-steps`` LETKF steps, default ``TEMPERED_STEPS``, shared frame).
 
 ``--suite letkf`` times one LETKF analysis (``observe`` and ``letkf_update``) with each local-analysis
 backend side by side, the batched torch eigen-decompositions and the numba kernel, on the ring of
@@ -52,12 +52,14 @@ LOCALIZED_ENKF_MAX_D = 4_000
 
 #: Velocity (or score) evaluations per analysis of the localized generative filters in ``--suite localized``.
 LOCALIZED_STEPS = 9
-#: Tempering steps K of ``lenff-tempered`` in ``--suite localized`` (the shipped cases' K, shared frame).
+#: Default tempering steps K of ``lenff-tempered`` in ``--suite localized`` (the shipped cases' K, shared frame;
+#: ``--tempered-steps`` sets another).
 TEMPERED_STEPS = 4
 
 
-def localized_cases(max_d: int) -> list[dict[str, Any]]:
-    """The LETKF and the localized filters on the rings, at the LETKF's radius."""
+def localized_cases(max_d: int, tempered_steps: int = TEMPERED_STEPS) -> list[dict[str, Any]]:
+    """The LETKF and the localized filters on the rings, at the LETKF's radius (``lenff-tempered`` with
+    ``tempered_steps`` steps)."""
     filters = [
         ("letkf", {}),
         ("lenff-ot", {"steps": LOCALIZED_STEPS, "guidance": "local"}),
@@ -65,7 +67,7 @@ def localized_cases(max_d: int) -> list[dict[str, Any]]:
         ("lenff-f2p", {"steps": LOCALIZED_STEPS}),
         ("lensf", {"steps": LOCALIZED_STEPS}),
         ("lpf", {}),
-        ("lenff-tempered", {"steps": TEMPERED_STEPS}),
+        ("lenff-tempered", {"steps": tempered_steps}),
     ]
     return [{"filter": name, "hyper": {"radius": RING_RADIUS, **hyper}, "grid": "ring", "d": d}
             for d in RING_SIZES if d <= max_d for name, hyper in filters]
@@ -210,10 +212,14 @@ def main() -> None:
     parser.add_argument("--min-repeats", type=int, default=3, help="timed calls after the first one (at least)")
     parser.add_argument("--min-d", type=int, default=0, help="leave out smaller states")
     parser.add_argument("--only", nargs="+", metavar="FILTER", help="time only these filters")
+    parser.add_argument("--tempered-steps", type=int, default=TEMPERED_STEPS, metavar="K",
+                        help=f"tempering steps K of lenff-tempered in --suite localized (default {TEMPERED_STEPS})")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON of a single case
     parser.add_argument("--out", type=Path, help="default results/classical_speed.json (letkf_speed.json for --suite "
                         "letkf, letkf_line_search_speed.json for --suite line-search)")
     args = parser.parse_args()
+    if args.tempered_steps < 1:
+        parser.error(f"--tempered-steps must be at least 1, got {args.tempered_steps}")
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     if args.one:
@@ -225,7 +231,7 @@ def main() -> None:
     load_before = os.getloadavg()
     baseline = [sys.executable, "-c", "import resource, enff.filters; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"]
     rows = []
-    suites = {"classical": cases, "localized": localized_cases,
+    suites = {"classical": cases, "localized": lambda max_d: localized_cases(max_d, args.tempered_steps),
               "letkf": lambda max_d: letkf_cases(max_d, args.device), "line-search": line_search_cases}
     selected = [case for case in suites[args.suite](args.max_d)
                 if case["d"] >= args.min_d and (not args.only or case["filter"] in args.only)]
@@ -239,6 +245,7 @@ def main() -> None:
         "torch_threads": args.threads,
         "dtype": args.dtype,
         "suite": args.suite,
+        **({"tempered_steps": args.tempered_steps} if args.suite == "localized" else {}),
         "members": MEMBERS,
         "torch": torch.__version__,
         "import_peak_rss_mib": float(subprocess.run(baseline, capture_output=True, text=True).stdout),
