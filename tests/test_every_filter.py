@@ -6,6 +6,8 @@
 - float32 and float64 on the CPU and on CUDA (when available) give finite analyses of the forecast's
   shape, dtype and device, reporting every diagnostic the filter declares.
 - The Kalman-type filters reproduce the exact Kalman filter on a linear-Gaussian problem.
+- The analysis leaves the forecast as it was and shares no memory with it (at inflation 1 the template hands
+  the forecast itself to the update, with every observation missing it returns a copy).
 
 A filter registered later is checked too: give it settings in ``SETTINGS`` if it needs any, and declare it
 in ``PERMUTATION`` if it is not permutation-equivariant.
@@ -93,6 +95,19 @@ def test_masked_observations_have_no_influence(name):
                          previous=forecast)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["observed", "all-missing"])
+@pytest.mark.parametrize("name", _names())
+def test_analysis_leaves_forecast_alone(name, missing):
+    filt, forecast, y = _build(name), _forecast(), _observations()
+    if missing:
+        y = torch.full_like(y, float("nan"))
+    before = forecast.clone()
+    out = analysed(filt, forecast, y, ring_space(D, ATan(), 0.3), seed=3, previous=forecast)
+    torch.testing.assert_close(forecast, before, rtol=0, atol=0)
+    out.add_(1.0)  # an analysis written into afterwards must not change the forecast either
+    torch.testing.assert_close(forecast, before, rtol=0, atol=0)
 
 
 def _permutation_params() -> list:

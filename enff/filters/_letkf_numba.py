@@ -257,7 +257,9 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
     mean:
         Forecast mean, shape ``(d,)``.
     scaled:
-        Scaled observation anomalies ``S^T``, shape ``(p, N)`` (one row per observation).
+        Scaled observation anomalies ``S``, shape ``(N, p)`` (the layout of
+        :class:`~enff.filters.ensemble_space.ObservedEnsemble`, read in place: a local problem's observations are
+        a window of consecutive columns, so its lanes share cache lines).
     innovation:
         Scaled innovation ``dy``, shape ``(p,)``.
     elements:
@@ -332,10 +334,10 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
                     obs = index[j, a]
                     if member_space:  # B^T of the lane, for contiguous dot products over observations
                         for k in range(n_members):
-                            columns[l, k, count] = root * scaled[obs, k]
+                            columns[l, k, count] = root * scaled[k, obs]
                     else:
                         for k in range(n_members):
-                            rows[count, k, l] = root * scaled[obs, k]
+                            rows[count, k, l] = root * scaled[k, obs]
                     roots[l, count] = root * innovation[obs]
                     count += 1
             for a in range(count, m):  # zero-taper padding up to the block's size

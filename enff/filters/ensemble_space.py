@@ -60,7 +60,8 @@ def observe(forecast: torch.Tensor, y: torch.Tensor, obs: ObservationSpace,
     hx = obs.h(forecast)
     std = (obs.std if std is None else std).to(device=hx.device, dtype=hx.dtype)
     mean = hx.mean(dim=0)
-    return ObservedEnsemble((hx - mean) / std, (y.to(device=hx.device, dtype=hx.dtype) - mean) / std, mean, std)
+    return ObservedEnsemble(torch.sub(hx, mean).div_(std), (y.to(device=hx.device, dtype=hx.dtype) - mean) / std,
+                            mean, std)  # hx may be a view of forecast: a new tensor, scaled in place
 
 
 def adaptive_error_inflation(observed: ObservedEnsemble, threshold: float = 1.0

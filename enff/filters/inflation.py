@@ -55,7 +55,7 @@ def multiplicative_inflation(ensemble: torch.Tensor, factor: float) -> torch.Ten
     if factor == 1.0:
         return ensemble.clone()
     mean = ensemble.mean(dim=0, keepdim=True)
-    return mean + factor * (ensemble - mean)
+    return (ensemble - mean).mul_(factor).add_(mean)  # one new tensor, no temporaries
 
 
 def rtps(forecast: torch.Tensor, analysis: torch.Tensor, factor: float) -> torch.Tensor:

@@ -252,7 +252,7 @@ def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
     wbar = np.empty((elements.shape[0] if keep_wbar else 0, n_members))
     failed = letkf_local_analyses(
         anomalies.detach().contiguous().numpy(), mean.detach().contiguous().numpy(),
-        observed.anomalies.detach().T.contiguous().numpy(), observed.innovation.detach().contiguous().numpy(),
+        observed.anomalies.detach().contiguous().numpy(), observed.innovation.detach().contiguous().numpy(),
         elements, index, weight, analysis.detach().numpy(), wbar, LANES)
     if failed:
         raise torch.linalg.LinAlgError(f"{failed} local LETKF eigenproblems did not converge")

@@ -222,9 +222,10 @@ class LEnFFTempered(EnsembleKalmanFilter):
             sources = torch.as_tensor(obs.state_index, dtype=torch.long, device=members.device)
             return local_frame_update(members, observed, obs, radius, sizes, pointwise, sources), {}
         y = observed.mean + observed.innovation * observed.std
-        current, x = observed, members
+        x = members
         for k, size in enumerate(sizes):
-            if k:  # the flow's linearization of h at the current particles
-                current = observe(x.reshape(x.shape[0], *obs.state_shape), y, obs, observed.std)
-            x, _ = letkf_update(x, tempered(current, size), obs, radius)
+            # the flow's linearization of h at the current particles, scaled by the step's error std at once
+            current = (observe(x.reshape(x.shape[0], *obs.state_shape), y, obs, observed.std / size**0.5) if k
+                       else tempered(observed, size))
+            x, _ = letkf_update(x, current, obs, radius)
         return x, {}

@@ -58,12 +58,15 @@ class EnsembleFilter(Filter):
             raise ValueError(f"forecast must be a floating tensor, got {forecast.dtype}")
         if y.shape != (obs.n_obs,):
             raise ValueError(f"observation vector y must have shape ({obs.n_obs},), got {tuple(y.shape)}")
-        prior = multiplicative_inflation(forecast, self.inflation)
         if not bool(torch.isfinite(y).any()):
-            return Analysis(prior, self._unobserved_diagnostics(prior.shape[0]))
+            return Analysis(multiplicative_inflation(forecast, self.inflation),
+                            self._unobserved_diagnostics(forecast.shape[0]))
+        # the inflated prior; at factor 1 the forecast itself, no copy (``_update`` never writes into its members)
+        prior = forecast if self.inflation == 1.0 else multiplicative_inflation(forecast, self.inflation)
         y, obs = obs.observed(y)
         updated, diagnostics = self._update(prior.reshape(prior.shape[0], -1), y, obs, generator=generator)
-        return Analysis(rtps(prior, updated.reshape(forecast.shape), self.rtps), diagnostics)
+        updated = updated.reshape(forecast.shape)
+        return Analysis(rtps(prior, updated, self.rtps) if self.rtps else updated, diagnostics)  # no copy at 0
 
     def _unobserved_diagnostics(self, n_members: int) -> dict[str, float]:
         """Diagnostics of an analysis with every observation missing (it returns the inflated prior): none."""
@@ -74,4 +77,5 @@ class EnsembleFilter(Filter):
         self, members: torch.Tensor, y: torch.Tensor, obs: ObservationSpace, *, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Analysis of the flattened, inflated forecast ``members`` ``(N, d)`` given the finite observations ``y``
-        ``(n_obs,)`` of ``obs``; returns the analysis members ``(N, d)`` and the diagnostics."""
+        ``(n_obs,)`` of ``obs``; returns new analysis members ``(N, d)`` and the diagnostics. ``members`` may be
+        the caller's forecast itself: never write into it."""
