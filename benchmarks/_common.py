@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from enff.filters._letkf_numba import LANES
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 __all__ = ["RESULTS", "machine", "peak_rss_mb", "time_call", "write_results"]
@@ -28,6 +30,7 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_1min": os.getloadavg()[0],
+        "letkf_kernel_lanes": LANES,
     }
     try:
         info["cpu_model"] = next(

@@ -86,6 +86,22 @@ def test_numba_kernel_equals_torch_path_and_dense_reference(name):
     np.testing.assert_allclose(numba_out.numpy(), expected, rtol=0, atol=1e-10 * scale)
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_numba_kernel_lane_count_does_not_change_the_analysis(name, monkeypatch):
+    # the host picks 8 or 16 lanes (host_lanes); a block's problems are padded to its largest: round-off only
+    import enff.filters._letkf_numba as kernel
+
+    grid, operator, n_members, std, radius = CASES[name]
+    forecast, y, obs = _problem(grid, operator, n_members, std, seed=len(name) + 1)
+    outs = {}
+    for lanes in (1, 8, 16):
+        monkeypatch.setattr(kernel, "LANES", lanes)
+        outs[lanes] = _analysis(forecast, y, obs, radius, "numba")[0]
+    scale = float(forecast.abs().max())
+    for lanes in (8, 16):
+        torch.testing.assert_close(outs[lanes], outs[1], rtol=0, atol=1e-12 * scale)
+
+
 def test_numba_kernel_in_float32_matches_the_float64_analysis():
     grid, operator, n_members, std, radius = CASES["ring-all-observed-obs-space"]
     forecast, y, obs = _problem(grid, operator, n_members, std, seed=3)

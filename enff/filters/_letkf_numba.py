@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import math
 
+import llvmlite.binding
 import numba
 import numpy as np
 
-__all__ = ["LANES", "letkf_local_analyses"]
+__all__ = ["LANES", "host_lanes", "letkf_local_analyses"]
 
 #: Relative size of an off-diagonal element of the tridiagonal matrix below which it is set to zero.
 _EPS = 2.0**-52
@@ -49,8 +50,21 @@ _EPS = 2.0**-52
 _SWEEPS_PER_EIGENVALUE = 30
 #: Let LLVM reorder sums and fuse multiply-adds (so that loops vectorize); no other fast-math flag.
 _FASTMATH = {"reassoc", "contract"}
-#: Local problems solved side by side (two AVX2 vectors of float64).
-LANES = 8
+
+
+def host_lanes() -> int:
+    """Local problems to solve side by side on this CPU: 16 where it has AVX-512 (two 512-bit vectors of
+    float64), else 8 (two AVX2 vectors).
+
+    Measured on the 2-core Intel Xeon (AVX-512), one thread, N = 20, bit-identical analyses: 16 lanes take
+    about 20 % less time than 8 on a ring of 3e5 points at radius 4 (15 local observations, observation space),
+    the same on ns256's state (member space); 32 lanes are no faster than 16, 4 are 40 % slower than 8.
+    """
+    return 16 if llvmlite.binding.get_host_cpu_features().get("avx512f", False) else 8
+
+
+#: Local problems solved side by side (:func:`host_lanes`).
+LANES = host_lanes()
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
