@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from enff.filters import ETKF
-from enff.filters.ensemble_space import observe
+from enff.filters.ensemble_space import ObservedEnsemble, observe
 from enff.filters.letkf import letkf_update
 from enff.filters.localization import LocalObservations, gaspari_cohn, local_domains, local_observations, taper_pairs
 from enff.models.base import Grid
@@ -100,6 +100,34 @@ def test_numba_kernel_lane_count_does_not_change_the_analysis(name, monkeypatch)
     scale = float(forecast.abs().max())
     for lanes in (8, 16):
         torch.testing.assert_close(outs[lanes], outs[1], rtol=0, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("radius", [2.5, float("inf")], ids=["local", "global"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_precision_equals_the_rescaled_observed_ensemble(backend, radius):
+    # a tempering step of size a assimilates R / a: S and dy times sqrt(a), done through the tapers instead
+    grid, operator, n_members, std, _ = CASES["ring-sparse-varying-std"]
+    forecast, y, obs = _problem(grid, operator, n_members, std, seed=7)
+    observed = observe(forecast.reshape(n_members, *obs.state_shape), y, obs)
+    size = 0.3
+    root = size**0.5
+    rescaled = ObservedEnsemble(observed.anomalies * root, observed.innovation * root, observed.mean,
+                                observed.std / root)
+    expected, _ = letkf_update(forecast, rescaled, obs, radius, backend=backend)
+    out, _ = letkf_update(forecast, observed, obs, radius, backend=backend, precision=size)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12 * float(forecast.abs().max()))
+    assert (out - letkf_update(forecast, observed, obs, radius, backend=backend)[0]).abs().max() > 1e-3
+
+
+def test_precision_is_checked_and_refused_with_the_line_search():
+    grid, operator, n_members, std, radius = CASES["precise-arctan"]
+    forecast, y, obs = _problem(grid, operator, n_members, std, seed=8)
+    observed = observe(forecast.reshape(n_members, *obs.state_shape), y, obs)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="precision must be a finite number > 0"):
+            letkf_update(forecast, observed, obs, radius, precision=bad)
+    with pytest.raises(ValueError, match="line_search assimilates R itself"):
+        letkf_update(forecast, observed, obs, radius, line_search=True, precision=0.5)
 
 
 def test_numba_kernel_in_float32_matches_the_float64_analysis():

@@ -261,7 +261,8 @@ def _rotate_forward(count, cos, sin, where, vec):
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, weight, out, wbar_out, lanes):
+def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, weight, precision, out, wbar_out,
+                         lanes):
     """The LETKF analysis of every element in ``elements``, written into ``out``, one local problem per row.
 
     Parameters
@@ -283,6 +284,9 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
     index, weight:
         Local observation indices and tapers of each row of ``elements``, shape ``(n, width)``
         (entries with zero taper are padding).
+    precision:
+        Factor on every taper: the assimilated error covariance is ``R / precision`` (1 for the LETKF; a
+        tempering step of size ``a`` assimilates ``R / a``).
     out:
         Analysis members, shape ``(N, d)``: column ``elements[j]`` is overwritten, the others untouched.
     wbar_out:
@@ -342,7 +346,7 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
                     x[f, k, l] = anomalies[k, element] if element >= 0 else 0.0
             count = 0
             for a in range(index.shape[1]):
-                w = weight[j, a]
+                w = weight[j, a] * precision
                 if w > 0.0:
                     root = math.sqrt(w)
                     obs = index[j, a]

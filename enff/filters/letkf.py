@@ -124,6 +124,7 @@ def letkf_update(
     *,
     line_search: bool = False,
     backend: LocalBackend = "auto",
+    precision: float = 1.0,
 ) -> tuple[torch.Tensor, float]:
     """One LETKF analysis of flat members ``(N, d)``, all local analyses batched (global ETKF for ``inf``).
 
@@ -144,16 +145,24 @@ def letkf_update(
         :class:`LineSearch`; see :attr:`LETKF.line_search`).
     backend:
         How the local analyses are computed (:data:`LocalBackend`); ``"numba"`` needs CPU tensors.
+    precision:
+        Factor ``a > 0`` on the error precision: the analysis assimilates ``R / a`` (a tempering step of size
+        ``a``) without a rescaled copy of ``observed``; 1 is the LETKF. Not with ``line_search``.
 
     Returns
     -------
     The analysis members ``(N, d)`` and the fraction of local analyses whose step was shortened (0 without
     line search).
     """
+    if not (math.isfinite(precision) and precision > 0):
+        raise ValueError(f"precision must be a finite number > 0, got {precision!r}")
+    if line_search and precision != 1.0:
+        raise ValueError("line_search assimilates R itself: precision must be 1")
     mean = members.mean(dim=0)
     anomalies = members - mean
     if math.isinf(radius):
-        return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies), 0.0
+        weight = None if precision == 1.0 else torch.full_like(observed.innovation, precision)
+        return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies, weight), 0.0
     solver = _solver(backend, members.device)
     search = LineSearch.of(obs, members.device) if line_search else None
     elements, index, weight = solver.neighbours(obs, radius, members.device, members.dtype)
@@ -163,7 +172,7 @@ def letkf_update(
     for start in range(0, elements.shape[0], max(1, chunk)):
         rows = slice(start, start + max(1, chunk))
         wbar = solver.solve(analysis, anomalies, mean, observed, elements[rows], index[rows], weight[rows],
-                            keep_wbar=search is not None)
+                            precision, keep_wbar=search is not None)
         if search is not None:
             use_kernel = solver.step_kernel and search.kernel is not None
             shortened += _shorten_steps(analysis, anomalies, mean, observed, elements[rows], index[rows],
@@ -224,24 +233,27 @@ def _shorten_steps(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.
 
 
 def _torch_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
-                 elements: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, *, keep_wbar: bool
-                 ) -> torch.Tensor:
+                 elements: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, precision: float, *,
+                 keep_wbar: bool) -> torch.Tensor:
     """The local analyses of ``elements`` as one batch of eigen-decompositions, written into ``analysis``.
 
-    ``index`` and ``weight`` are the elements' local observations and tapers ``(chunk, max_local)``; returns
+    ``index`` and ``weight`` are the elements' local observations and tapers ``(chunk, max_local)``, the tapers
+    multiplied by ``precision`` (:func:`letkf_update`); returns
     the mean weights ``wbar``, ``(chunk, N)`` float64 (always formed: ``keep_wbar`` is the numba kernel's
     saving).
     """
     local_anomalies = anomalies[:, elements].T.unsqueeze(-1)  # (chunk, member, 1)
     update, wbar = square_root_update_and_weights(observed.anomalies.T[index], observed.innovation[index],
-                                                  local_anomalies, weight)
+                                                  local_anomalies, weight if precision == 1.0 else weight * precision)
     analysis[:, elements] = mean[elements] + update.squeeze(-1).T
     return wbar
 
 
 def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
-                 elements: np.ndarray, index: np.ndarray, weight: np.ndarray, *, keep_wbar: bool) -> torch.Tensor:
-    """The local analyses of ``elements`` by the numba kernel, written into ``analysis`` (CPU tensors).
+                 elements: np.ndarray, index: np.ndarray, weight: np.ndarray, precision: float, *,
+                 keep_wbar: bool) -> torch.Tensor:
+    """The local analyses of ``elements`` by the numba kernel, written into ``analysis`` (CPU tensors; the
+    tapers times ``precision``, :func:`letkf_update`).
 
     ``elements`` is ``(chunk, group)``: the elements of a row share its local analysis (``-1`` pads). Returns
     the mean weights ``wbar``, ``(chunk, N)`` float64 (``(0, N)`` unless ``keep_wbar``).
@@ -253,7 +265,7 @@ def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
     failed = letkf_local_analyses(
         anomalies.detach().contiguous().numpy(), mean.detach().contiguous().numpy(),
         observed.anomalies.detach().contiguous().numpy(), observed.innovation.detach().contiguous().numpy(),
-        elements, index, weight, analysis.detach().numpy(), wbar, LANES)
+        elements, index, weight, float(precision), analysis.detach().numpy(), wbar, LANES)
     if failed:
         raise torch.linalg.LinAlgError(f"{failed} local LETKF eigenproblems did not converge")
     return torch.from_numpy(wbar)

@@ -64,8 +64,7 @@ from .kalman import EnsembleKalmanFilter
 from .letkf import CHUNK_ELEMENTS, letkf_update
 from .localization import check_radius, local_domains
 
-__all__ = ["LEnFFTempered", "RAW_STEPS", "TemperingFrame", "TemperingSchedule", "local_frame_update", "step_sizes",
-           "tempered"]
+__all__ = ["LEnFFTempered", "RAW_STEPS", "TemperingFrame", "TemperingSchedule", "local_frame_update", "step_sizes"]
 
 #: How the tempering path ``[0, 1]`` is divided into steps: equal steps, or steps doubling in size (the
 #: first, taken with the forecast's linearization, is the smallest).
@@ -92,13 +91,6 @@ def step_sizes(steps: int, schedule: TemperingSchedule) -> list[float]:
     raw = RAW_STEPS[schedule](steps)
     total = sum(raw)
     return [r / total for r in raw]
-
-
-def tempered(observed: ObservedEnsemble, size: float) -> ObservedEnsemble:
-    """``observed`` with error covariance ``R / size``: ``S`` and ``dy`` times ``sqrt(size)``, the std divided."""
-    root = size**0.5
-    return ObservedEnsemble(observed.anomalies * root, observed.innovation * root, observed.mean,
-                            observed.std / root)
 
 
 def local_frame_update(
@@ -222,10 +214,9 @@ class LEnFFTempered(EnsembleKalmanFilter):
             sources = torch.as_tensor(obs.state_index, dtype=torch.long, device=members.device)
             return local_frame_update(members, observed, obs, radius, sizes, pointwise, sources), {}
         y = observed.mean + observed.innovation * observed.std
-        x = members
+        current, x = observed, members
         for k, size in enumerate(sizes):
-            # the flow's linearization of h at the current particles, scaled by the step's error std at once
-            current = (observe(x.reshape(x.shape[0], *obs.state_shape), y, obs, observed.std / size**0.5) if k
-                       else tempered(observed, size))
-            x, _ = letkf_update(x, current, obs, radius)
+            if k:  # the flow's linearization of h at the current particles
+                current = observe(x.reshape(x.shape[0], *obs.state_shape), y, obs, observed.std)
+            x, _ = letkf_update(x, current, obs, radius, precision=size)  # R / size, no rescaled copy
         return x, {}
