@@ -261,14 +261,15 @@ def _rotate_forward(count, cos, sin, where, vec):
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, weight, precision, out, wbar_out,
+def letkf_local_analyses(members, mean, scaled, innovation, elements, index, weight, precision, out, wbar_out,
                          lanes):
     """The LETKF analysis of every element in ``elements``, written into ``out``, one local problem per row.
 
     Parameters
     ----------
-    anomalies:
-        Forecast anomalies ``X'``, shape ``(N, d)``.
+    members:
+        Forecast members, shape ``(N, d)``; the anomalies ``X' = members - mean`` are formed as they are read
+        (no ``(N, d)`` copy of them).
     mean:
         Forecast mean, shape ``(d,)``.
     scaled:
@@ -299,7 +300,7 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
     -------
     The number of local problems whose eigenvalues did not converge (their columns are left as they are).
     """
-    n_members = anomalies.shape[0]
+    n_members = members.shape[0]
     n_elements = elements.shape[0]
     group = elements.shape[1]
     width = max(index.shape[1], 1)
@@ -343,7 +344,7 @@ def letkf_local_analyses(anomalies, mean, scaled, innovation, elements, index, w
             for f in range(group):
                 element = elements[j, f]
                 for k in range(n_members):
-                    x[f, k, l] = anomalies[k, element] if element >= 0 else 0.0
+                    x[f, k, l] = members[k, element] - mean[element] if element >= 0 else 0.0
             count = 0
             for a in range(index.shape[1]):
                 w = weight[j, a] * precision

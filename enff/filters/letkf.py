@@ -159,19 +159,19 @@ def letkf_update(
     if line_search and precision != 1.0:
         raise ValueError("line_search assimilates R itself: precision must be 1")
     mean = members.mean(dim=0)
-    anomalies = members - mean
     if math.isinf(radius):
         weight = None if precision == 1.0 else torch.full_like(observed.innovation, precision)
-        return mean + square_root_update(observed.anomalies.T, observed.innovation, anomalies, weight), 0.0
+        return mean + square_root_update(observed.anomalies.T, observed.innovation, members - mean, weight), 0.0
     solver = _solver(backend, members.device)
     search = LineSearch.of(obs, members.device) if line_search else None
     elements, index, weight = solver.neighbours(obs, radius, members.device, members.dtype)
     analysis = members.clone()
+    anomalies = members - mean if search is not None else None  # the line search's (the solvers form their own)
     chunk = elements.shape[0] if solver.whole else _rows_per_chunk(index.shape[1], members.shape[0])
     shortened = 0
     for start in range(0, elements.shape[0], max(1, chunk)):
         rows = slice(start, start + max(1, chunk))
-        wbar = solver.solve(analysis, anomalies, mean, observed, elements[rows], index[rows], weight[rows],
+        wbar = solver.solve(analysis, members, mean, observed, elements[rows], index[rows], weight[rows],
                             precision, keep_wbar=search is not None)
         if search is not None:
             use_kernel = solver.step_kernel and search.kernel is not None
@@ -232,7 +232,7 @@ def _shorten_steps(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.
     return shortened
 
 
-def _torch_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
+def _torch_chunk(analysis: torch.Tensor, members: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
                  elements: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, precision: float, *,
                  keep_wbar: bool) -> torch.Tensor:
     """The local analyses of ``elements`` as one batch of eigen-decompositions, written into ``analysis``.
@@ -242,14 +242,14 @@ def _torch_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
     the mean weights ``wbar``, ``(chunk, N)`` float64 (always formed: ``keep_wbar`` is the numba kernel's
     saving).
     """
-    local_anomalies = anomalies[:, elements].T.unsqueeze(-1)  # (chunk, member, 1)
+    local_anomalies = (members[:, elements] - mean[elements]).T.unsqueeze(-1)  # (chunk, member, 1)
     update, wbar = square_root_update_and_weights(observed.anomalies.T[index], observed.innovation[index],
                                                   local_anomalies, weight if precision == 1.0 else weight * precision)
     analysis[:, elements] = mean[elements] + update.squeeze(-1).T
     return wbar
 
 
-def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
+def _numba_chunk(analysis: torch.Tensor, members: torch.Tensor, mean: torch.Tensor, observed: ObservedEnsemble,
                  elements: np.ndarray, index: np.ndarray, weight: np.ndarray, precision: float, *,
                  keep_wbar: bool) -> torch.Tensor:
     """The local analyses of ``elements`` by the numba kernel, written into ``analysis`` (CPU tensors; the
@@ -263,7 +263,7 @@ def _numba_chunk(analysis: torch.Tensor, anomalies: torch.Tensor, mean: torch.Te
     n_members = analysis.shape[0]
     wbar = np.empty((elements.shape[0] if keep_wbar else 0, n_members))
     failed = letkf_local_analyses(
-        anomalies.detach().contiguous().numpy(), mean.detach().contiguous().numpy(),
+        members.detach().contiguous().numpy(), mean.detach().contiguous().numpy(),
         observed.anomalies.detach().contiguous().numpy(), observed.innovation.detach().contiguous().numpy(),
         elements, index, weight, float(precision), analysis.detach().numpy(), wbar, LANES)
     if failed:
