@@ -38,6 +38,7 @@ SHORTER = {
     "seeds = [0, 1, 2]": "seeds = [0]",  # the sweep spec: 14 runs instead of 42
     "for seed in 1 2 3 4 5 6 7 8;": "for seed in 1 2;",  # two training runs of the learned analysis
     "--seeds 1 2 3 4 5 6 7 8 --cycles 1000": "--seeds 1 --cycles 40",  # the field analysis: one short training run
+    "ks128_learned.nc --burn-in 50": "ks128_learned.nc --burn-in 3",  # the score of a 200-cycle run, shortened
 }
 #: A bash function in front of the ``enff`` console script: the shortening of ``enff run`` and ``enff learn``.
 PRELUDE = f"""
