@@ -38,7 +38,12 @@ from _common import time_call, write_results  # noqa: E402
 
 from enff.filters.guidance import LocalGuidance  # noqa: E402
 from enff.filters.paths import OTPath  # noqa: E402
-from enff.filters.likelihood import likelihood_gradient, member_blocks, states  # noqa: E402
+from enff.filters.likelihood import (  # noqa: E402
+    autograd_likelihood_gradient,
+    likelihood_gradient,
+    member_blocks,
+    states,
+)
 from enff.filters.velocity import marginal_velocity, mixture_weights, squared_distances  # noqa: E402
 from enff.models.base import Grid  # noqa: E402
 from enff.observations.operators import ATan  # noqa: E402
@@ -178,8 +183,10 @@ def breakdown(d: int, repeats: int, bandwidth: float) -> dict[str, Any]:
         "plain matrix product W x1 (mm)": lambda: torch.mm(weights, x1, out=out),
         "velocity (whole)": lambda: batched_velocity(path, FLOW_TIME, x, x1, out),
         "guidance: h(x) alone (arctan)": lambda: [obs.h(states(x[block], obs)) for block in blocks],
-        "guidance: likelihood gradient (autograd through h)": lambda: [likelihood_gradient(x[block], y, obs)
+        "guidance: likelihood gradient (autograd through h)": lambda: [autograd_likelihood_gradient(x[block], y, obs)
                                                                         for block in blocks],
+        "guidance: likelihood gradient (written out, the guidance's)": lambda: [
+            likelihood_gradient(x[block], y, obs) for block in blocks],
         "guidance (whole: end point, gradient, add)": lambda: LocalGuidance(scale=GUIDANCE_SCALE).add_force(
             velocity, x, FLOW_TIME, y, obs),
         "step (velocity + guidance)": lambda: step(batched_velocity, p),
@@ -244,7 +251,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Copy bandwidth (read + write of a 512 MiB float32 tensor): {payload['copy_bandwidth_gb_s']:.1f} GB/s. "
         "\"velocity / bandwidth bound\" = (5 N d x 4 bytes: read x and x1 for the Gram product, read x, x1 and "
         "write v in the addmm) / bandwidth / measured velocity time: 1.0 would be a velocity evaluation at the "
-        "memory-bandwidth limit. The full step (velocity + guidance through autograd) costs "
+        "memory-bandwidth limit. The full step (velocity + guidance) costs "
         + ", ".join(f"{r['step_array_passes_at_copy_bandwidth']:.0f}" for r in payload["dimensions"])
         + " passes over an N x d float32 array at copy bandwidth (d = "
         + ", ".join(f"{r['d']:,}" for r in payload["dimensions"])

@@ -52,6 +52,14 @@ class ObservationOperator(ABC):
         """
         return None
 
+    def pointwise_slope(self) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
+        """The derivative ``g'`` of :meth:`pointwise`'s map, applied elementwise, if ``h`` has that form.
+
+        ``g'(z)`` has the shape of ``z``; a map that returns ``None`` means ``g' = 1`` everywhere (no tensor is
+        made). ``None`` (the default) where ``h`` is not pointwise; the gradients then go through autograd.
+        """
+        return None
+
     def __or__(self, other: "ObservationOperator") -> "Compose":
         if not isinstance(other, ObservationOperator):
             return NotImplemented
@@ -79,6 +87,21 @@ class Compose(ObservationOperator):
             return None
         return lambda z: second(first(z))
 
+    def pointwise_slope(self) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
+        """The chain rule: ``second'(first(z)) first'(z)``, when both parts are pointwise."""
+        inner, first_slope = self.first.pointwise(), self.first.pointwise_slope()
+        second_slope = self.second.pointwise_slope()
+        if inner is None or first_slope is None or second_slope is None:
+            return None
+
+        def slope(z: torch.Tensor) -> torch.Tensor | None:
+            outer, near = second_slope(inner(z)), first_slope(z)
+            if outer is None or near is None:
+                return near if outer is None else outer
+            return outer.mul_(near)
+
+        return slope
+
 
 class Elementwise(ObservationOperator):
     """An operator applied point by point to the flattened state (one output per state element)."""
@@ -86,6 +109,11 @@ class Elementwise(ObservationOperator):
     @abstractmethod
     def apply(self, z: torch.Tensor) -> torch.Tensor:
         """Elementwise map of a tensor of any shape."""
+
+    @abstractmethod
+    def slope(self, z: torch.Tensor) -> torch.Tensor | None:
+        """Derivative of :meth:`apply` at every element of ``z`` (a new tensor, shape of ``z``), or ``None``
+        where it is 1 everywhere."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(flatten_members(x))
@@ -96,3 +124,7 @@ class Elementwise(ObservationOperator):
     def pointwise(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """:meth:`apply`."""
         return self.apply
+
+    def pointwise_slope(self) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        """:meth:`slope`."""
+        return self.slope

@@ -69,6 +69,10 @@ class Identity(Elementwise):
         """Return ``z`` unchanged (any shape)."""
         return z
 
+    def slope(self, z: torch.Tensor) -> None:
+        """1 everywhere: ``None``."""
+        return None
+
 
 @OPERATORS.register("atan")
 @dataclass(frozen=True)
@@ -79,6 +83,10 @@ class ATan(Elementwise):
         """Elementwise arctangent of ``z`` (any shape)."""
         return torch.atan(z)
 
+    def slope(self, z: torch.Tensor) -> torch.Tensor:
+        """``1 / (1 + z^2)``."""
+        return torch.square(z).add_(1.0).reciprocal_()
+
 
 @OPERATORS.register("tanh")
 @dataclass(frozen=True)
@@ -88,6 +96,10 @@ class Tanh(Elementwise):
     def apply(self, z: torch.Tensor) -> torch.Tensor:
         """Elementwise hyperbolic tangent of ``z`` (any shape)."""
         return torch.tanh(z)
+
+    def slope(self, z: torch.Tensor) -> torch.Tensor:
+        """``1 - tanh(z)^2``."""
+        return torch.tanh(z).square_().neg_().add_(1.0)
 
 
 class _SignedPower(torch.autograd.Function):
@@ -142,6 +154,10 @@ class Power(Elementwise):
         """Elementwise ``sign(z) |z|^exponent`` of ``z`` (any shape)."""
         return _SignedPower.apply(z, self.exponent)
 
+    def slope(self, z: torch.Tensor) -> torch.Tensor:
+        """``exponent |z|^(exponent - 1)`` (1 at ``z = 0`` for ``exponent = 1``, as the backward)."""
+        return torch.abs(z).pow_(self.exponent - 1.0).mul_(self.exponent)
+
 
 def elementwise_operator(name: str, exponent: float | None = None) -> Elementwise:
     """Build the pointwise operator registered as ``name`` in :data:`OPERATORS`.
@@ -191,6 +207,10 @@ class Selection(ObservationOperator):
     def pointwise(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """:meth:`Identity.apply`: a selection passes each kept element through unchanged."""
         return Identity().apply
+
+    def pointwise_slope(self) -> Callable[[torch.Tensor], None]:
+        """:meth:`Identity.slope`: 1 everywhere."""
+        return Identity().slope
 
     def _index_on(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         return _INDEX_TENSORS.get(self, (shape, device),
