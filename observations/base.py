@@ -52,11 +52,10 @@ class ObservationOperator(ABC):
         """
         return None
 
-    def pointwise_slope(self) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
-        """The derivative ``g'`` of :meth:`pointwise`'s map, applied elementwise, if ``h`` has that form.
-
-        ``g'(z)`` has the shape of ``z``; a map that returns ``None`` means ``g' = 1`` everywhere (no tensor is
-        made). ``None`` (the default) where ``h`` is not pointwise; the gradients then go through autograd.
+    def pointwise_chain(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """``chain(z, r)``: ``r`` times the derivative ``g'(z)`` of :meth:`pointwise`'s map, in place, if ``h`` has
+        that form (``z`` and ``r`` of one shape; returns ``r``). The backward step of a vector-Jacobian product
+        without autograd. ``None`` (the default) where ``h`` is not pointwise; gradients then go through autograd.
         """
         return None
 
@@ -87,20 +86,13 @@ class Compose(ObservationOperator):
             return None
         return lambda z: second(first(z))
 
-    def pointwise_slope(self) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
-        """The chain rule: ``second'(first(z)) first'(z)``, when both parts are pointwise."""
-        inner, first_slope = self.first.pointwise(), self.first.pointwise_slope()
-        second_slope = self.second.pointwise_slope()
-        if inner is None or first_slope is None or second_slope is None:
+    def pointwise_chain(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The chain rule, when both parts are pointwise: ``r`` times ``second'(first(z))``, then ``first'(z)``."""
+        inner, first_chain = self.first.pointwise(), self.first.pointwise_chain()
+        second_chain = self.second.pointwise_chain()
+        if inner is None or first_chain is None or second_chain is None:
             return None
-
-        def slope(z: torch.Tensor) -> torch.Tensor | None:
-            outer, near = second_slope(inner(z)), first_slope(z)
-            if outer is None or near is None:
-                return near if outer is None else outer
-            return outer.mul_(near)
-
-        return slope
+        return lambda z, residual: first_chain(z, second_chain(inner(z), residual))
 
 
 class Elementwise(ObservationOperator):
@@ -111,9 +103,8 @@ class Elementwise(ObservationOperator):
         """Elementwise map of a tensor of any shape."""
 
     @abstractmethod
-    def slope(self, z: torch.Tensor) -> torch.Tensor | None:
-        """Derivative of :meth:`apply` at every element of ``z`` (a new tensor, shape of ``z``), or ``None``
-        where it is 1 everywhere."""
+    def chain(self, z: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual`` (shape of ``z``) times the derivative of :meth:`apply` at ``z``, in place; returns it."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(flatten_members(x))
@@ -125,6 +116,6 @@ class Elementwise(ObservationOperator):
         """:meth:`apply`."""
         return self.apply
 
-    def pointwise_slope(self) -> Callable[[torch.Tensor], torch.Tensor | None]:
-        """:meth:`slope`."""
-        return self.slope
+    def pointwise_chain(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """:meth:`chain`."""
+        return self.chain

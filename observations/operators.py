@@ -69,9 +69,9 @@ class Identity(Elementwise):
         """Return ``z`` unchanged (any shape)."""
         return z
 
-    def slope(self, z: torch.Tensor) -> None:
-        """1 everywhere: ``None``."""
-        return None
+    def chain(self, z: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The derivative is 1: ``residual`` unchanged."""
+        return residual
 
 
 @OPERATORS.register("atan")
@@ -83,9 +83,9 @@ class ATan(Elementwise):
         """Elementwise arctangent of ``z`` (any shape)."""
         return torch.atan(z)
 
-    def slope(self, z: torch.Tensor) -> torch.Tensor:
-        """``1 / (1 + z^2)``."""
-        return torch.square(z).add_(1.0).reciprocal_()
+    def chain(self, z: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual / (1 + z^2)``, in place."""
+        return residual.div_(torch.square(z).add_(1.0))
 
 
 @OPERATORS.register("tanh")
@@ -97,9 +97,9 @@ class Tanh(Elementwise):
         """Elementwise hyperbolic tangent of ``z`` (any shape)."""
         return torch.tanh(z)
 
-    def slope(self, z: torch.Tensor) -> torch.Tensor:
-        """``1 - tanh(z)^2``."""
-        return torch.tanh(z).square_().neg_().add_(1.0)
+    def chain(self, z: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual (1 - tanh(z)^2)``, in place."""
+        return residual.mul_(torch.tanh(z).square_().neg_().add_(1.0))
 
 
 class _SignedPower(torch.autograd.Function):
@@ -154,9 +154,9 @@ class Power(Elementwise):
         """Elementwise ``sign(z) |z|^exponent`` of ``z`` (any shape)."""
         return _SignedPower.apply(z, self.exponent)
 
-    def slope(self, z: torch.Tensor) -> torch.Tensor:
-        """``exponent |z|^(exponent - 1)`` (1 at ``z = 0`` for ``exponent = 1``, as the backward)."""
-        return torch.abs(z).pow_(self.exponent - 1.0).mul_(self.exponent)
+    def chain(self, z: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual exponent |z|^(exponent - 1)``, in place (1 at ``z = 0`` for ``exponent = 1``, as the backward)."""
+        return residual.mul_(self.exponent).mul_(torch.abs(z).pow_(self.exponent - 1.0))
 
 
 def elementwise_operator(name: str, exponent: float | None = None) -> Elementwise:
@@ -208,9 +208,9 @@ class Selection(ObservationOperator):
         """:meth:`Identity.apply`: a selection passes each kept element through unchanged."""
         return Identity().apply
 
-    def pointwise_slope(self) -> Callable[[torch.Tensor], None]:
-        """:meth:`Identity.slope`: 1 everywhere."""
-        return Identity().slope
+    def pointwise_chain(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """:meth:`Identity.chain`: the derivative is 1."""
+        return Identity().chain
 
     def _index_on(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         return _INDEX_TENSORS.get(self, (shape, device),

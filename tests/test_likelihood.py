@@ -37,7 +37,7 @@ OPERATORS = {
 @pytest.mark.parametrize("name", list(OPERATORS))
 def test_written_out_gradient_equals_autograd(name):
     operator, shape = OPERATORS[name]
-    assert operator.pointwise_slope() is not None
+    assert operator.pointwise_chain() is not None
     space = _space(operator, shape)
     gen = torch.Generator().manual_seed(3)
     x = 1.5 * torch.randn(4, int(np.prod(shape)), generator=gen, dtype=torch.float64)
@@ -82,7 +82,7 @@ class _NeighbourSum(ObservationOperator):
 
 def test_operators_that_mix_elements_go_through_autograd():
     operator = _NeighbourSum()
-    assert operator.pointwise_slope() is None and Compose(operator, ATan()).pointwise_slope() is None
+    assert operator.pointwise_chain() is None and Compose(operator, ATan()).pointwise_chain() is None
     space = _space(operator, (6,))
     x = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.zeros(6, dtype=torch.float64)

@@ -34,9 +34,10 @@ def likelihood_gradient(x: torch.Tensor, y: torch.Tensor, obs: ObservationSpace)
 
     Where every observation is a function ``g`` of the one state element it sits at (``obs.operator``'s
     :meth:`~enff.observations.base.ObservationOperator.pointwise` map, with its derivative ``g'``), the gradient
-    is written out, ``g'(x_q) (g(x_q) - y_j) / s_j^2`` added at the element ``q`` of observation ``j``: 16 % less
-    time than the vector-Jacobian product through ``h`` (arctan at d = 1e6, N = 20, float32, one thread, in the
-    guidance's :func:`member_blocks`: 0.118 s against 0.140 s on the 2-core Intel Xeon), equal to it to
+    is written out, ``g'(x_q) (g(x_q) - y_j) / s_j^2`` added at the element ``q`` of observation ``j``, in place
+    where it can be: a third less time than the vector-Jacobian product through ``h`` (arctan at d = 1e6, N = 20,
+    float32, one thread, in the guidance's :func:`member_blocks`: 0.096 s against 0.148 s on the 2-core Intel
+    Xeon, ``benchmarks/results/enff_speed_xeon_breakdown.md``), equal to it to
     round-off (``tests/test_likelihood.py``). Other operators go through autograd.
 
     Parameters
@@ -52,18 +53,18 @@ def likelihood_gradient(x: torch.Tensor, y: torch.Tensor, obs: ObservationSpace)
     -------
     Gradient of shape ``(P, d)``, dtype of ``x``, per state unit (``E`` is dimensionless).
     """
-    slope = obs.operator.pointwise_slope()
-    if slope is None:
+    chain = obs.operator.pointwise_chain()
+    if chain is None:
         return autograd_likelihood_gradient(x, y, obs)
     pointwise = obs.operator.pointwise()
     with torch.no_grad():
         x = x.detach()
         index = _gather_index(obs, x.device)
         z = x if index is None else x[:, index]  # the observed elements, (P, n_obs)
-        weighted = (pointwise(z) - y.to(z.dtype)).div_(obs.std.to(z.dtype) ** 2)
-        derivative = slope(z)
-        if derivative is not None:
-            weighted.mul_(derivative)
+        seen = pointwise(z)
+        target = y.to(z.dtype)
+        residual = seen.sub_(target) if seen is not z else seen - target  # never written into the particles
+        weighted = chain(z, residual.div_(obs.std.to(z.dtype) ** 2))
         return weighted if index is None else torch.zeros_like(x).index_add_(1, index, weighted)
 
 
