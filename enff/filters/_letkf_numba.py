@@ -31,8 +31,10 @@ Measured on the shared 2-core development machine (one thread, load average 3-8)
 with N = 20: about 8 us with 15 local observations (observation space, d = 1e6 ring at radius 4: gather
 and ``K`` 1.5 us, Householder 2 us, QR sweeps 3.3 us for about 220 rotations, back-transform 1 us) and
 about 19 us with 129 (member space, 256 x 256 grid at radius 0.025, the Gram matrix the largest part),
-with 8 lanes. On the 2-core Intel Xeon (AVX-512, 16 lanes, load 2) the d = 1e6 ring takes 5.0 us per local problem
-(``benchmarks/results/letkf_speed_lanes16_xeon.md``). ``benchmarks/classical_speed.py --suite letkf`` times it
+with 8 lanes. On the 2-core Intel Xeon (AVX-512, 16 lanes, load 2) the d = 1e6 ring took 5.0 us per local problem
+(``benchmarks/results/letkf_speed_lanes16_xeon.md``), and 4.1-4.2 us of CPU time with the loops over the lanes
+innermost in the Householder sums and QR sweeps: 4.53 s per analysis at d = 1e6
+(``benchmarks/results/letkf_speed_householder_xeon.md``). ``benchmarks/classical_speed.py --suite letkf`` times it
 beside the torch path.
 """
 
