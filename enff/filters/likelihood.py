@@ -63,7 +63,8 @@ def likelihood_gradient(x: torch.Tensor, y: torch.Tensor, obs: ObservationSpace)
         z = x if index is None else x[:, index]  # the observed elements, (P, n_obs)
         seen = pointwise(z)
         target = y.to(z.dtype)
-        residual = seen.sub_(target) if seen is not z else seen - target  # never written into the particles
+        shares = seen.untyped_storage().data_ptr() == z.untyped_storage().data_ptr()  # z itself, or a view of it
+        residual = seen - target if shares else seen.sub_(target)  # never written into the particles
         weighted = chain(z, residual.div_(obs.std.to(z.dtype) ** 2))
         return weighted if index is None else torch.zeros_like(x).index_add_(1, index, weighted)
 
