@@ -54,6 +54,15 @@ def spec_cycles(spec: SweepSpec, runs: list[PlannedRun]) -> int:
     return cycles.pop()
 
 
+def specs_by_out_dir(paths: list[Path], specs: list[SweepSpec]) -> dict[Path, list[tuple[Path, SweepSpec]]]:
+    """The specs grouped by their out folder, in order: specs that share one (one spec per seed, say) are one
+    table, since ``enff compare`` scores every run file in the folder."""
+    groups: dict[Path, list[tuple[Path, SweepSpec]]] = {}
+    for path, spec in zip(paths, specs):
+        groups.setdefault(spec.out_dir.resolve(), []).append((path, spec))
+    return groups
+
+
 def published_rows(path: Path) -> list[dict[str, str]]:
     with path.open() as handle:
         return list(csv.DictReader(handle))
@@ -114,14 +123,15 @@ def main() -> None:
     table = published_rows(args.published) if args.published else []
     rows: list[dict[str, Any]] = []
     texts = []
-    for path, spec in zip(args.specs, specs):
-        runs = plan(spec)  # builds every run's case once
-        burn_in = spec_cycles(spec, runs) - args.last if args.last is not None else args.burn_in
-        ds = compare([spec.out_dir], burn_in=burn_in)
-        texts.append(f"{path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path} "
-                     f"(burn-in {ds.attrs['burn_in']}):\n{format_comparison(ds)}")
+    for out_dir, group in specs_by_out_dir(args.specs, specs).items():
+        runs = [run for _, spec in group for run in plan(spec)]  # builds every run's case once
+        burn_in = spec_cycles(group[0][1], runs) - args.last if args.last is not None else args.burn_in
+        ds = compare([out_dir], burn_in=burn_in)
+        names = ", ".join(str(path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path)
+                          for path, _ in group)
+        texts.append(f"{names} (burn-in {ds.attrs['burn_in']}):\n{format_comparison(ds)}")
         for row in records(ds):
-            row.update(spec=str(path), burn_in=ds.attrs["burn_in"])
+            row.update(spec=", ".join(str(path) for path, _ in group), burn_in=ds.attrs["burn_in"])
             if table:
                 row["steps"] = filter_steps(runs, row)
                 row["published"] = published_match(row, row["steps"], table)

@@ -400,3 +400,16 @@ def test_spec_as_a_dataclass(tmp_path):
     runs = plan(spec)
     assert [r.name for r in runs] == ["l96_40__letkf__filter.radius=5.0__seed3", "l96_40__letkf__filter.radius=10.0__seed3"]
     assert runs[0].path.parent == tmp_path / "r"
+
+
+def test_sweep_table_scores_specs_that_share_an_out_folder_once(tmp_path):
+    """One spec per seed into one folder makes one table, not one copy of the same table per spec."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from sweep_table import specs_by_out_dir
+
+    paths = [write_spec(tmp_path, SPEC.replace("seeds = [0, 1]", f"seeds = [{seed}]"), f"seed{seed}.toml")
+             for seed in (0, 1)]
+    paths.append(write_spec(tmp_path, SPEC.replace('out = "runs"', 'out = "other"'), "other.toml"))
+    groups = specs_by_out_dir(paths, [load_spec(path) for path in paths])
+    assert list(groups) == [(tmp_path / "runs").resolve(), (tmp_path / "other").resolve()]
+    assert [path.name for path, _ in groups[(tmp_path / "runs").resolve()]] == ["seed0.toml", "seed1.toml"]
