@@ -402,9 +402,9 @@ def test_spec_as_a_dataclass(tmp_path):
     assert runs[0].path.parent == tmp_path / "r"
 
 
-def test_sweep_table_scores_specs_that_share_an_out_folder_once(tmp_path):
+def test_sweep_table_scores_specs_that_share_an_out_folder_once(tmp_path, monkeypatch):
     """One spec per seed into one folder makes one table, not one copy of the same table per spec."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from sweep_table import specs_by_out_dir
 
     paths = [write_spec(tmp_path, SPEC.replace("seeds = [0, 1]", f"seeds = [{seed}]"), f"seed{seed}.toml")
