@@ -43,6 +43,7 @@ def window_label(window: slice, cycles: int) -> str:
 
 
 def configuration_label(row: dict[str, Any]) -> str:
+    """``"letkf inflation=1.1"``: the filter and the overrides that tell its configurations apart."""
     return row["filter"] + " " + " ".join(f"{k.removeprefix('filter.')}={v}" for k, v in row["overrides"].items())
 
 
@@ -64,7 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     series = ds["rmse_analysis"].values  # (configuration, seed, time)
     cycles = series.shape[-1]
     if any(c < 1 or c > cycles for c in args.at):
-        raise SystemExit(f"--at: cycles must lie in 1..{cycles}")
+        parser.error(f"--at: cycles must lie in 1..{cycles} (the runs in {args.folder})")
+    for window in args.windows:
+        stop = cycles if window.stop is None else window.stop
+        if not window.start < stop <= cycles:
+            parser.error(f"--windows {window.start}:{window.stop or ''}: needs START < STOP <= {cycles} "
+                         f"(the runs in {args.folder})")
     means = window_means(series, args.windows)
     seeds = [int(s) for s in ds["seed"].values]
     labels = [window_label(w, cycles) for w in args.windows]

@@ -56,3 +56,17 @@ def test_a_window_without_a_start_is_refused(monkeypatch):
     with pytest.raises(SystemExit) as err:
         rmse_windows.main(["x", "--windows", ":80", "--name", "w"])
     assert err.value.code == 2
+
+
+@pytest.mark.parametrize("arguments", [["--windows", "6:20"], ["--windows", "8:4"], ["--windows", "2:", "--at", "13"]])
+def test_windows_and_cycles_outside_the_runs_are_refused_and_nothing_is_written(runs, tmp_path, monkeypatch, capsys,
+                                                                                arguments):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+    import rmse_windows
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    with pytest.raises(SystemExit) as err:
+        rmse_windows.main([str(runs), *arguments, "--name", "w"])
+    assert err.value.code == 2 and str(runs) in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
